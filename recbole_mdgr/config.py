@@ -1,0 +1,73 @@
+"""Plugin ``Config``: RecBole's, plus the plugin's models and property files.
+
+Layering, low to high (later wins):
+RecBole's own defaults (``overall.yaml``, its model/dataset yamls, ``quick_start_config``)
+< ``properties/overall.yaml`` < ``properties/model/<Model>.yaml``
+< ``properties/dataset/<dataset>.yaml`` < ``--config_files`` < ``config_dict`` < command line.
+"""
+
+from __future__ import annotations
+
+import os
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_mdgr.utils import get_model
+
+
+def properties_dir() -> str:
+    """Where the plugin's yaml files are: inside the installed package, or the checkout."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    for candidate in (os.path.join(here, "properties"), os.path.join(here, "..", "properties")):
+        if os.path.isfile(os.path.join(candidate, "overall.yaml")):
+            return os.path.normpath(candidate)
+    raise FileNotFoundError(
+        "recbole_mdgr's properties/overall.yaml is missing: reinstall the package "
+        "(pip install .) from a complete checkout"
+    )
+
+
+def plugin_yaml_files(model: str, dataset: str) -> list[str]:
+    """The plugin's property files that apply to ``model`` on ``dataset``, low to high."""
+    root = properties_dir()
+    files = [
+        os.path.join(root, "overall.yaml"),
+        os.path.join(root, "model", f"{model}.yaml"),
+        os.path.join(root, "dataset", f"{dataset}.yaml"),
+    ]
+    return [f for f in files if os.path.isfile(f)]
+
+
+class Config(RecBoleConfig):
+    """RecBole's ``Config`` that also knows the plugin's models and property files."""
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+            if model is None:
+                raise KeyError(
+                    "model need to be specified in at least one of the these ways: "
+                    "[model variable, config file, config dict, command line] "
+                )
+        if isinstance(model, str):
+            model_class = get_model(model)
+        else:
+            model_class, model = model, model.__name__
+        if dataset is None:
+            dataset = self.external_config_dict.get("dataset")
+            if dataset is None:
+                raise KeyError(
+                    "dataset need to be specified in at least one of the these ways: "
+                    "[dataset variable, config file, config dict, command line] "
+                )
+        return model, model_class, dataset
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        dataset_file = os.path.join(properties_dir(), "dataset", f"{dataset}.yaml")
+        for file in plugin_yaml_files(model, dataset):
+            loaded = self._update_internal_config_dict(file) or {}
+            if file == dataset_file:
+                self.parameters["Dataset"] += [
+                    k for k in loaded if k not in self.parameters["Dataset"]
+                ]

@@ -1,0 +1,31 @@
+"""SID-aware data: dataset creation for plugin models, RecBole's otherwise."""
+
+from recbole.data import create_dataset as recbole_create_dataset
+from recbole.data import data_preparation
+
+from recbole_mdgr.data.dataset import SID_SUFFIX, SIDSequentialDataset, TRAIN_SAMPLE_MODES
+from recbole_mdgr.utils import get_model, is_generative
+
+
+def create_dataset(config):
+    """``SIDSequentialDataset`` for generative (SID) models; RecBole's dataset otherwise.
+
+    Unlike RecBole's ``create_dataset`` it never reads a pickled dataset from
+    ``checkpoint_dir``: the SID table has its own content-hashed cache, and a stale
+    pickle would carry a stale table.
+    """
+    if is_generative(get_model(config["model"])):
+        dataset = SIDSequentialDataset(config)
+        if config["save_dataset"]:
+            dataset.save()
+        return dataset
+    return recbole_create_dataset(config)
+
+
+__all__ = [
+    "SID_SUFFIX",
+    "SIDSequentialDataset",
+    "TRAIN_SAMPLE_MODES",
+    "create_dataset",
+    "data_preparation",
+]

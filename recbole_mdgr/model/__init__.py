@@ -1,0 +1,1 @@
+"""Generative SID models; each lives in the module named after it (``tiger.py`` -> ``TIGER``)."""

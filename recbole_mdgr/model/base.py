@@ -1,0 +1,120 @@
+"""What every generative (SID) model shares: the SID table, the batch fields, decode stats.
+
+A generative model answers ``generate(interaction, k) -> (items [B, k], scores [B, k])``;
+:class:`~recbole_mdgr.trainer.GenerativeTrainer` feeds those lists into RecBole's metrics.
+``full_sort_predict`` is derived from ``generate`` so RecBole's own utilities
+(``full_sort_topk``, case studies) work on these models unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.utils import InputType
+
+from recbole_mdgr.data.dataset import SID_SUFFIX
+from recbole_mdgr.tokenizer.sid_table import SIDTable
+
+
+@dataclass
+class DecodeStats:
+    """Running totals over one evaluation; the trainer resets and logs them."""
+
+    users: int = 0
+    nfe: float = 0.0  # network forward passes, summed over users
+    generated: int = 0  # SIDs produced by beam search (beams that finished)
+    invalid: int = 0  # of those, SIDs that match no item
+    seconds: float = 0.0  # wall time inside generate()
+
+    def add(self, users: int, nfe: float, generated: int, invalid: int) -> None:
+        self.users += users
+        self.nfe += nfe * users
+        self.generated += generated
+        self.invalid += invalid
+
+    def reset(self) -> None:
+        self.users, self.nfe, self.generated, self.invalid, self.seconds = 0, 0.0, 0, 0, 0.0
+
+    def summary(self) -> dict:
+        users = max(self.users, 1)
+        return {
+            "nfe_per_user": self.nfe / users,
+            "decode_ms_per_user": 1000.0 * self.seconds / users,
+            "invalid_sid_share": self.invalid / max(self.generated, 1),
+        }
+
+
+class GenerativeRecommender(SequentialRecommender):
+    """Base of the SID models: owns the table, reads SID fields, derives full-sort scores.
+
+    Batches from :class:`~recbole_mdgr.data.SIDSequentialDataset` carry
+    ``<ITEM_ID_LIST>_sid`` ``[B, L, m]`` and ``<ITEM_ID>_sid`` ``[B, m]`` (padding = -1).
+    The table's codes are a buffer, so they move with ``.to(device)`` and are saved in the
+    checkpoint; reloading a checkpoint against a different SID table fails loudly.
+    """
+
+    input_type = InputType.POINTWISE
+    is_generative = True
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        table: SIDTable = getattr(dataset, "sid_table", None)
+        if table is None:
+            raise ValueError(
+                f"{self.__class__.__name__} needs a dataset with semantic IDs "
+                "(recbole_mdgr.data.SIDSequentialDataset); build it with "
+                "recbole_mdgr.data.create_dataset"
+            )
+        # the model's own copy: it moves to the model's device, the dataset's stays on CPU
+        self.sid_table = SIDTable.from_state_dict(table.state_dict())
+        self.register_buffer("sid_codes", table.codes.clone(), persistent=True)
+        self.sid_len = table.m
+        self.sid_vocab_sizes = list(table.vocab_sizes)
+        self.ITEM_SEQ_SID = self.ITEM_SEQ + SID_SUFFIX
+        self.POS_ITEM_SID = self.POS_ITEM_ID + SID_SUFFIX
+        self.topk = max(config["topk"]) if isinstance(config["topk"], list) else config["topk"]
+        self.decode_stats = DecodeStats()
+
+    def _apply(self, fn, recurse=True):
+        # keep the (non-module) table on the same device as the model
+        out = super()._apply(fn, recurse)
+        self.sid_table.to(self.sid_codes.device)
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        saved = state_dict.get("sid_codes")
+        if saved is not None and not torch.equal(saved.cpu(), self.sid_codes.cpu()):
+            raise ValueError(
+                "this checkpoint was trained with a different SID table than the dataset "
+                "builds now (check sid_* settings, item text and seed); retrain or restore "
+                "the settings it was trained with"
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def generate(self, interaction, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` items for each sequence in the batch.
+
+        Returns:
+            items ``[B, k]`` (0 = padding, counted as a miss) and their scores ``[B, k]``,
+            best first; pads score ``-inf``.
+        """
+        raise NotImplementedError
+
+    def predict(self, interaction):
+        raise NotImplementedError(
+            f"{self.__class__.__name__} ranks by generation: use full-sort evaluation "
+            "(eval_args.mode: full)"
+        )
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        """``[B, n_items]`` scores: generated items get their beam scores, the rest -inf."""
+        items, scores = self.generate(interaction, self.topk)
+        out = torch.full(
+            (items.shape[0], self.n_items), float("-inf"), device=scores.device
+        )
+        out.scatter_(1, items, scores.float())
+        out[:, 0] = float("-inf")
+        return out

@@ -1,0 +1,166 @@
+"""``run_recbole_mdgr``, ``objective_function``, ``load_data_and_model``: RecBole's API.
+
+The same steps, log lines and result dicts as ``recbole.quick_start``, with the plugin's
+Config, dataset, model and trainer lookups (which fall back to RecBole's for its own
+models). ``ray`` is imported only by ``objective_function``, and only inside a Ray Tune
+trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from logging import getLogger
+
+import torch.distributed as dist
+
+from recbole.data.transform import construct_transform
+from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
+
+from recbole_mdgr.compat import check_versions, load_checkpoint
+from recbole_mdgr.config import Config
+from recbole_mdgr.data import create_dataset, data_preparation
+from recbole_mdgr.utils import get_model, get_trainer
+
+
+def _build(config):
+    """Dataset, splits, model and trainer for ``config`` (RecBole's order and seeds)."""
+    logger = getLogger()
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    return dataset, train_data, valid_data, test_data, model, trainer
+
+
+def _log_flops(model, dataset, config, logger) -> None:
+    try:
+        flops = get_flops(model, dataset, config["device"], logger, construct_transform(config))
+    except NotImplementedError:
+        flops = "n/a (ranks by generation; see the decode line of each evaluation)"
+    logger.info(set_color("FLOPs", "blue") + f": {flops}")
+
+
+def run_recbole_mdgr(
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None
+) -> dict:
+    """Train and test ``model`` on ``dataset``, exactly as ``recbole.quick_start.run_recbole``.
+
+    Returns:
+        RecBole's result dict (``best_valid_score``, ``valid_score_bigger``,
+        ``best_valid_result``, ``test_result``) and, for generative models,
+        ``test_decode`` (NFE per user, decode ms per user, invalid-SID share).
+    """
+    check_versions()
+    config = Config(
+        model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(sys.argv)
+    logger.info(config)
+
+    dataset, train_data, valid_data, test_data, model, trainer = _build(config)
+    logger.info(model)
+    _log_flops(model, dataset, config, logger)
+
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, saved=saved, show_progress=config["show_progress"]
+    )
+    test_result = trainer.evaluate(
+        test_data, load_best_model=saved, show_progress=config["show_progress"]
+    )
+
+    logger.info(
+        "The running environment of this training is as follows:\n"
+        + get_environment(config).draw()
+    )
+    logger.info(set_color("best valid ", "yellow") + f": {best_valid_result}")
+    logger.info(set_color("test result", "yellow") + f": {test_result}")
+
+    result = {
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+    if getattr(trainer, "decode_summary", None):
+        result["test_decode"] = dict(trainer.decode_summary)
+    if not config["single_spec"]:
+        dist.destroy_process_group()
+    if config["local_rank"] == 0 and queue is not None:
+        queue.put(result)
+    return result
+
+
+def run_recbole_mdgrs(rank, *args):
+    """Entry point of each process of a distributed run (``torch.multiprocessing.spawn``)."""
+    kwargs = args[-1]
+    kwargs["config_dict"] = {**(kwargs.get("config_dict") or {}), "local_rank": rank}
+    run_recbole_mdgr(*args[:3], **kwargs)
+
+
+def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1,
+        world_size=-1, ip="localhost", port="5678", group_offset=0):
+    """Single- or multi-process run, as ``recbole.quick_start.run`` (gloo on CPU)."""
+    if nproc == 1 and world_size <= 0:
+        return run_recbole_mdgr(model, dataset, config_file_list, config_dict, saved)
+    import torch.multiprocessing as mp
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    config_dict = dict(config_dict or {})
+    config_dict.update({"world_size": nproc if world_size == -1 else world_size, "ip": ip,
+                        "port": port, "nproc": nproc, "offset": group_offset})
+    mp.spawn(run_recbole_mdgrs,
+             args=(model, dataset, config_file_list, {"config_dict": config_dict,
+                                                      "queue": queue}),
+             nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
+def objective_function(config_dict=None, config_file_list=None, saved=True) -> dict:
+    """RecBole's hyper-parameter tuning objective (``recbole.trainer.HyperTuning``)."""
+    config = Config(config_dict=config_dict, config_file_list=config_file_list)
+    init_seed(config["seed"], config["reproducibility"])
+    logger = getLogger()
+    for handler in logger.handlers[:]:
+        logger.removeHandler(handler)
+    init_logger(config)
+    logging.basicConfig(level=logging.ERROR)
+    _, train_data, valid_data, test_data, _, trainer = _build(config)
+    best_valid_score, best_valid_result = trainer.fit(
+        train_data, valid_data, verbose=False, saved=saved
+    )
+    test_result = trainer.evaluate(test_data, load_best_model=saved)
+    if "ray" in sys.modules:  # inside a Ray Tune trial: report to it
+        from ray import tune
+
+        tune.report(**test_result)
+    return {
+        "model": config["model"],
+        "best_valid_score": best_valid_score,
+        "valid_score_bigger": config["valid_metric_bigger"],
+        "best_valid_result": best_valid_result,
+        "test_result": test_result,
+    }
+
+
+def load_data_and_model(model_file: str):
+    """Config, model (with the saved weights), dataset and dataloaders of a checkpoint."""
+    checkpoint = load_checkpoint(model_file)
+    config = checkpoint["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    init_logger(config)
+    logger = getLogger()
+    logger.info(config)
+    dataset = create_dataset(config)
+    logger.info(dataset)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    init_seed(config["seed"], config["reproducibility"])
+    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    model.load_state_dict(checkpoint["state_dict"])
+    model.load_other_parameter(checkpoint.get("other_parameter"))
+    return config, model, dataset, train_data, valid_data, test_data

@@ -1,0 +1,123 @@
+"""Generative evaluation: top-K lists from ``model.generate`` into RecBole's own metrics.
+
+RecBole's ``Trainer`` ranks a ``[B, n_items]`` score matrix. A generative model produces
+top-K lists directly, so :func:`feed_topk` writes exactly what RecBole's ``Collector``
+would have written for those lists (``rec.topk``: hit flags + number of positives;
+``rec.items``: the item ids) and RecBole's metric classes do the rest. No score matrix is
+built on this path. Pads (item 0) never match a positive item, so they count as misses.
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+import torch
+from tqdm import tqdm
+
+from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.evaluator.register import metric_information
+from recbole.trainer import Trainer
+from recbole.utils import set_color
+
+from recbole_mdgr.compat import CheckpointCompatMixin
+
+# what a top-K list can feed; other needs (full score matrix, labels) cannot be met
+TOPK_NEEDS = {"rec.topk", "rec.items", "data.num_items", "data.num_users",
+              "data.count_items", "data.count_users"}
+
+
+def feed_topk(collector, items: torch.Tensor, positive_u: torch.Tensor,
+              positive_i: torch.Tensor) -> None:
+    """Add one batch of top-K lists to a RecBole ``Collector``.
+
+    Args:
+        collector: ``recbole.evaluator.Collector`` of the trainer.
+        items: ``[B, K]`` recommended item ids, best first (0 = padding, a miss).
+        positive_u: ``[P]`` row in the batch of each positive (user, item) pair.
+        positive_i: ``[P]`` item id of each positive pair.
+    """
+    batch, _ = items.shape
+    device = collector.device
+    items = items.to(device)
+    positive_u, positive_i = positive_u.to(device), positive_i.to(device)
+    if collector.register.need("rec.items"):
+        collector.data_struct.update_tensor("rec.items", items)
+    if collector.register.need("rec.topk"):
+        hits = (items[positive_u] == positive_i.unsqueeze(1)).int()  # [P, K]
+        pos_idx = torch.zeros_like(items, dtype=torch.int).index_add_(0, positive_u, hits)
+        pos_len = torch.bincount(positive_u, minlength=batch).unsqueeze(1)
+        collector.data_struct.update_tensor("rec.topk", torch.cat((pos_idx, pos_len), dim=1))
+
+
+def check_topk_metrics(metrics) -> None:
+    """Refuse, by name, the metrics a top-K list cannot compute (AUC, GAUC, LogLoss, ...)."""
+    bad = [m for m in metrics if set(metric_information[m.lower()]) - TOPK_NEEDS]
+    if bad:
+        raise ValueError(
+            f"metrics {bad} need a full score matrix or labels; generative models produce "
+            "top-K lists. Use top-K metrics (Recall, NDCG, MRR, Hit, Precision, MAP, "
+            "ItemCoverage, ...) in `metrics`."
+        )
+
+
+class GenerativeTrainer(CheckpointCompatMixin, Trainer):
+    """RecBole's ``Trainer`` whose full-sort evaluation calls ``model.generate``.
+
+    Training, early stopping, checkpoints and result dicts are RecBole's. Each evaluation
+    also logs NFE per user, decode ms per user and the share of generated SIDs that match
+    no item; the last figures are kept in ``self.decode_summary``.
+    """
+
+    def __init__(self, config, model):
+        super().__init__(config, model)
+        check_topk_metrics(config["metrics"])
+        self.max_k = max(config["topk"])
+        beam = config["beam_size"]
+        if beam is not None and beam < self.max_k:
+            self.logger.warning(
+                f"beam_size={beam} < max topk={self.max_k}: top-{self.max_k} lists are "
+                "padded with misses"
+            )
+        self.decode_summary: dict = {}
+
+    @torch.no_grad()
+    def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
+        if not eval_data:
+            return
+        if load_best_model:
+            self.load_model_file(model_file or self.saved_model_file)
+        if not isinstance(eval_data, FullSortEvalDataLoader):
+            return Trainer.evaluate(self, eval_data, False, model_file, show_progress)
+
+        self.model.eval()
+        stats = self.model.decode_stats
+        stats.reset()
+        iter_data = (
+            tqdm(eval_data, total=len(eval_data), ncols=100,
+                 desc=set_color("Evaluate   ", "pink"))
+            if show_progress else eval_data
+        )
+        num_sample = 0
+        for interaction, _, positive_u, positive_i in iter_data:
+            num_sample += len(interaction)
+            start = perf_counter()
+            items, scores = self.model.generate(interaction.to(self.device), self.max_k)
+            stats.seconds += perf_counter() - start
+            if items.shape != (len(interaction), self.max_k):
+                raise RuntimeError(
+                    f"{self.config['model']}.generate returned items of shape "
+                    f"{tuple(items.shape)}, expected {(len(interaction), self.max_k)}"
+                )
+            feed_topk(self.eval_collector, items, positive_u, positive_i)
+        struct = self.eval_collector.get_data_struct()
+        result = self.evaluator.evaluate(struct)
+        if not self.config["single_spec"]:
+            result = self._map_reduce(result, num_sample)
+        self.decode_summary = {**stats.summary(), "beam_size": self.config["beam_size"]}
+        self.logger.info(
+            set_color("decode", "blue") + ": "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in self.decode_summary.items())
+        )
+        self.wandblogger.log_eval_metrics(result, head="eval")
+        return result

@@ -1,0 +1,59 @@
+"""Model, trainer and dataset lookups: the plugin first, then RecBole's own."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+
+import recbole
+from recbole.utils import get_model as recbole_get_model
+from recbole.utils import get_trainer as recbole_get_trainer
+
+from recbole_mdgr.compat import compat_trainer
+
+PLUGIN_MODELS = ("TIGER", "MADRec", "MDGR")
+
+
+def _recbole_models() -> list[str]:
+    """RecBole's model names, read from its property files (importing nothing)."""
+    recbole_dir = os.path.join(os.path.dirname(recbole.__file__), "properties", "model")
+    return sorted(f[: -len(".yaml")] for f in os.listdir(recbole_dir) if f.endswith(".yaml"))
+
+
+def available_models() -> list[str]:
+    """Plugin models that are installed, then every RecBole model."""
+    return [m for m in PLUGIN_MODELS if _plugin_module(m) is not None] + _recbole_models()
+
+
+def _plugin_module(model_name: str):
+    path = f"recbole_mdgr.model.{model_name.lower()}"
+    if importlib.util.find_spec(path) is None:
+        return None
+    return importlib.import_module(path)
+
+
+def get_model(model_name: str):
+    """The model class called ``model_name``: the plugin's if it has one, else RecBole's."""
+    module = _plugin_module(model_name)
+    if module is not None and hasattr(module, model_name):
+        return getattr(module, model_name)
+    if model_name in _recbole_models():
+        return recbole_get_model(model_name)
+    names = available_models()
+    close = difflib.get_close_matches(model_name, names, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"Unknown model '{model_name}'.{hint} Available models: {', '.join(names)}")
+
+
+def is_generative(model_class) -> bool:
+    return bool(getattr(model_class, "is_generative", False))
+
+
+def get_trainer(model_type, model_name: str):
+    """``GenerativeTrainer`` for SID models; RecBole's trainer (checkpoint-safe) otherwise."""
+    if is_generative(get_model(model_name)):
+        from recbole_mdgr.trainer import GenerativeTrainer
+
+        return GenerativeTrainer
+    return compat_trainer(recbole_get_trainer(model_type, model_name))

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny atomic dataset written to tmp_path, and fast run settings."""
+
+import numpy as np
+import pytest
+
+WORDS = ["red", "blue", "green", "soft", "hard", "round", "long", "small", "large", "dark"]
+CATS = ["Makeup", "Skin", "Hair", "Nails", "Tools"]
+
+
+def write_tiny_dataset(root, name="tiny", n_users=30, n_items=40, seed=0, lengths=None,
+                       missing_text=()):
+    """Write ``<root>/<name>/<name>.inter`` and ``.item`` (Amazon-like columns).
+
+    ``lengths`` fixes each user's number of interactions; ``missing_text`` lists item
+    numbers whose title, categories and brand are left empty.
+    """
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    lengths = lengths or [int(rng.integers(5, 11)) for _ in range(n_users)]
+    rows = ["user_id:token\titem_id:token\ttimestamp:float"]
+    for u, length in enumerate(lengths):
+        start = int(rng.integers(0, n_items))
+        # mostly consecutive items, so a model has something to learn
+        items = [(start + t + int(rng.integers(0, 2))) % n_items for t in range(length)]
+        rows += [f"u{u}\ti{i}\t{t}" for t, i in enumerate(items)]
+    (folder / f"{name}.inter").write_text("\n".join(rows) + "\n")
+    rows = ["item_id:token\ttitle:token\tcategories:token_seq\tbrand:token"]
+    for i in range(n_items):
+        if i in missing_text:
+            rows.append(f"i{i}\t\t\t")
+            continue
+        title = f"{WORDS[i % 10]} {WORDS[(i // 10) % 10]} thing {i % 7}"
+        rows.append(f"i{i}\t{title}\tBeauty {CATS[i % 5]}\tbrand{i % 4}")
+    (folder / f"{name}.item").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def tiny_config(tmp_path, **overrides):
+    """Config dict for a seconds-long run on the tiny dataset."""
+    cfg = {
+        "data_path": str(tmp_path),
+        "checkpoint_dir": str(tmp_path / "saved"),
+        "load_col": {"inter": ["user_id", "item_id", "timestamp"],
+                     "item": ["item_id", "title", "categories", "brand"]},
+        "sid_text_fields": ["title", "categories", "brand"],
+        "MAX_ITEM_LIST_LENGTH": 10,
+        "epochs": 1,
+        "train_batch_size": 64,
+        "eval_batch_size": 64,
+        "show_progress": False,
+        "use_gpu": False,
+        "n_layers": 1,
+        "hidden_size": 16,
+        "inner_size": 32,
+        "state": "WARNING",
+    }
+    cfg.update(overrides)
+    return cfg
+
+
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """(tmp_path, config dict) with the tiny dataset written and cwd in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    write_tiny_dataset(tmp_path)
+    return tmp_path, tiny_config(tmp_path)
