@@ -1,0 +1,103 @@
+"""``build_sid_table(config, dataset)``: item vectors -> quantizer -> dedup -> :class:`SIDTable`,
+through the on-disk cache, with one readable block of statistics in the log."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from .cache import cache_key, cache_path, load_table, save_table
+from .embed import vector_source
+from .kmeans import build_threads
+from .quantizers import make_quantizer
+from .settings import SIDSettings
+from .sid_table import SIDTable, build_table
+
+
+def build_sid_table(config, dataset) -> SIDTable:
+    """The SID table of ``dataset``'s items, loaded from the cache or built.
+
+    Args:
+        config: a RecBole ``Config`` (reads the ``sid_*`` keys, ``seed``, ``checkpoint_dir``).
+        dataset: a loaded RecBole dataset; rows of the table follow its internal item ids.
+
+    Returns:
+        A :class:`SIDTable` with ``dataset.item_num`` rows (row 0 = padding, all -1).
+    """
+    start = time.perf_counter()
+    settings = SIDSettings.from_config(config)
+    quantizer = make_quantizer(settings)
+    source = vector_source(settings, dataset)
+    item_tokens = dataset.field2id_token[dataset.iid_field][: dataset.item_num]
+    key = cache_key(item_tokens, source.name, source.digest, settings.as_key())
+    path = None
+    if settings.cache:
+        path = cache_path(
+            config["checkpoint_dir"] or "saved", dataset.dataset_name, settings.quantizer, key
+        )
+        table = load_table(path, key)
+        if table is not None:
+            logging.getLogger().info(format_stats(table))
+            return table
+
+    t = time.perf_counter()
+    vectors = source.compute()  # [item_num - 1, d]
+    embed_time = time.perf_counter() - t
+    if vectors.shape[0] != dataset.item_num - 1:
+        raise ValueError(
+            f"{source.name} gave {vectors.shape[0]} vectors for {dataset.item_num - 1} items"
+        )
+    t = time.perf_counter()
+    with build_threads(settings.threads):
+        raw = np.asarray(quantizer.fit_encode(vectors, settings.seed), dtype=np.int64)
+    quantize_time = time.perf_counter() - t
+    table = build_table(
+        raw,
+        quantizer.codebook_sizes,
+        settings.dedup,
+        dataset=dataset.dataset_name,
+        quantizer=settings.quantizer,
+        source=source.name,
+        n_items=dataset.item_num - 1,
+        vector_dim=int(vectors.shape[1]),
+        items_without_text=source.items_without_text,
+        embed_time_s=round(embed_time, 3),
+        quantize_time_s=round(quantize_time, 3),
+    )
+    table.stats["build_time_s"] = round(time.perf_counter() - start, 3)
+    if path:
+        save_table(path, key, table)
+    logging.getLogger().info(format_stats(table))
+    return table
+
+
+def format_stats(table: SIDTable) -> str:
+    """The table's build statistics as one human-readable block."""
+    s = table.stats
+    n_code = len(s["utilisation"])
+
+    def row(name: str, values) -> str:
+        return f"  {name:<12}" + " ".join(f"{v:>8}" for v in values)
+
+    dedup = (
+        f"dedup token added (vocab {table.vocab_sizes[-1]})"
+        if table.m > n_code
+        else "no dedup token"
+    )
+    return "\n".join(
+        [
+            f"SID table: {s['dataset']} | {s['quantizer']} {n_code} x "
+            f"{table.vocab_sizes[:n_code]} | vectors {s['source']} (dim {s['vector_dim']}) "
+            f"| {s['n_items']} items",
+            row("position", range(n_code)),
+            row("utilisation", [f"{u:.3f}" for u in s["utilisation"]]),
+            row("perplexity", [f"{p:.1f}" for p in s["perplexity"]]),
+            f"  collision rate before dedup {s['collision_rate']:.4f}, largest collision group "
+            f"{s['max_collision_group']}, {dedup}",
+            f"  items without text {s['items_without_text']}",
+            f"  time: embedding {s['embed_time_s']:.2f} s, quantizer "
+            f"{s['quantize_time_s']:.2f} s, total build {s['build_time_s']:.2f} s",
+        ]
+    )

@@ -1,0 +1,231 @@
+"""Item vectors ``[item_num - 1, d]`` (internal ids 1.., padding excluded), from
+(a) a pretrained embedding file or feature, else (b) item text embedded by an encoder.
+
+:func:`vector_source` hashes what the vectors depend on *before* computing them, so a
+cache hit never pays for the text encoder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.sparse as sp
+
+from .settings import SIDSettings
+from .text import feat_column, feat_columns, item_rows, item_texts
+
+_WORD = re.compile(r"(?u)\b\w\w+\b")
+
+
+@dataclass
+class VectorSource:
+    """Where the item vectors come from, a digest of their inputs, and how to make them."""
+
+    name: str  # e.g. "text:tfidf", "file:/path/x.npy", "field:item_emb"
+    digest: str  # sha256 hex of everything the vectors depend on
+    items_without_text: int
+    compute: Callable[[], np.ndarray]  # -> [item_num - 1, d] float32, finite
+
+
+def _sha(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()
+
+
+def _check_finite(x: np.ndarray, where: str) -> np.ndarray:
+    bad = ~np.isfinite(x).all(1)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} item vectors from {where} contain NaN or inf")
+    return x
+
+
+# ---------------------------------------------------------------------------- text encoders
+def tfidf_matrix(texts: list[str], min_df: int = 2, max_df: float = 0.5) -> sp.csr_matrix:
+    """TF-IDF of word 1- and 2-grams, ``[n, V]`` with L2-normalised rows.
+
+    Sublinear tf (``1 + log tf``), smoothed idf (``log((1 + n) / (1 + df)) + 1``). Terms in
+    fewer than ``min_df`` texts say nothing about similarity; terms in more than ``max_df``
+    of them (field names such as ``title:``, a category every item has) only add a shared
+    offset. Empty texts give zero rows.
+    """
+    docs = []
+    for text in texts:
+        words = _WORD.findall(text.lower())
+        docs.append(Counter(words + [f"{a} {b}" for a, b in zip(words, words[1:])]))
+    df = Counter(term for doc in docs for term in doc)
+    n = len(texts)
+    vocab = sorted(t for t, c in df.items() if min_df <= c <= max(max_df * n, min_df))
+    index = {t: i for i, t in enumerate(vocab)}
+    rows, cols, tf = [], [], []
+    for r, doc in enumerate(docs):
+        for term, count in doc.items():
+            if term in index:
+                rows.append(r)
+                cols.append(index[term])
+                tf.append(count)
+    idf = np.log((1 + n) / (1 + np.array([df[t] for t in vocab], dtype=np.float64))) + 1
+    x = sp.csr_matrix(
+        (1 + np.log(np.array(tf, dtype=np.float64)), (rows, cols)), shape=(n, len(vocab))
+    )
+    x = x @ sp.diags(idf)
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(1))).ravel()
+    return sp.csr_matrix(sp.diags(1 / np.maximum(norms, 1e-12)) @ x)
+
+
+def randomized_svd(
+    x: sp.spmatrix, k: int, seed: int, oversample: int = 20, power_iters: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` left singular vectors ``[n, k]`` and values ``[k]`` of sparse ``x [n, V]``
+    (Halko et al. 2011: seeded Gaussian range finder with QR-stabilised power iterations)."""
+    rng = np.random.default_rng(seed)
+    width = min(k + oversample, min(x.shape))
+    q, _ = np.linalg.qr(x @ rng.standard_normal((x.shape[1], width)))  # [n, width]
+    for _ in range(power_iters):
+        q, _ = np.linalg.qr(x.T @ q)  # [V, width]
+        q, _ = np.linalg.qr(x @ q)  # [n, width]
+    u_small, s, _ = np.linalg.svd(np.asarray((x.T @ q).T), full_matrices=False)
+    return (q @ u_small)[:, :k], s[:k]
+
+
+def tfidf_svd(texts: list[str], dim: int, seed: int) -> np.ndarray:
+    """TF-IDF + truncated SVD (LSA): ``[n, dim']`` float32, ``dim' = min(dim, rank bound)``.
+
+    Deterministic for a seed: the randomized SVD is seeded and each component's sign is
+    fixed so that its largest entry is positive.
+    """
+    x = tfidf_matrix(texts)
+    k = min(dim, min(x.shape) - 1)
+    if k < 1:
+        raise ValueError(
+            f"item text has too few shared words for TF-IDF ({x.shape[1]} terms in at least "
+            "2 items): check sid_text_fields"
+        )
+    if k < dim:
+        logging.getLogger().info(
+            "TF-IDF: %d terms, SVD dimension lowered %d -> %d", x.shape[1], dim, k
+        )
+    u, s = randomized_svd(x, k, seed)
+    sign = np.sign(u[np.abs(u).argmax(0), np.arange(k)])
+    return (u * (s * sign)).astype(np.float32)
+
+
+def sentence_embed(texts: list[str], model_name: str) -> np.ndarray:
+    """Embed texts with a sentence-transformers model (name or local path) -> ``[n, d]``."""
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as err:
+        raise ImportError(
+            f"sid_text_encoder 'sentence-transformers:{model_name}' needs the optional "
+            "sentence-transformers package: pip install recbole-mdgr[text]"
+        ) from err
+    model = SentenceTransformer(model_name)
+    x = model.encode(texts, batch_size=64, show_progress_bar=False, convert_to_numpy=True)
+    return np.asarray(x, dtype=np.float32)
+
+
+def encode_texts(texts: list[str], encoder: str, dim: int, seed: int) -> np.ndarray:
+    """Dispatch on ``sid_text_encoder``: ``tfidf`` or ``sentence-transformers:<name|path>``."""
+    if encoder == "tfidf":
+        return tfidf_svd(texts, dim, seed)
+    prefix = "sentence-transformers:"
+    if encoder.startswith(prefix) and len(encoder) > len(prefix):
+        return sentence_embed(texts, encoder[len(prefix) :])
+    raise ValueError(
+        f"unknown sid_text_encoder {encoder!r}: use 'tfidf' or 'sentence-transformers:<name>'"
+    )
+
+
+# ---------------------------------------------------------------------------- pretrained vectors
+def _align(dataset, tokens: list[str], rows: np.ndarray, where: str) -> np.ndarray:
+    """Rows of ``rows [n_rows, d]`` keyed by item ``tokens`` -> ``[item_num - 1, d]``."""
+    item_tokens = list(dataset.field2id_token[dataset.iid_field][1 : dataset.item_num])
+    pos = {t: i for i, t in enumerate(tokens)}
+    missing = [t for t in item_tokens if t not in pos]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} of {len(item_tokens)} items have no vector in {where} "
+            f"(e.g. {missing[:3]}); add rows for them or fix the item ids"
+        )
+    return _check_finite(rows[[pos[t] for t in item_tokens]].astype(np.float32), where)
+
+
+def _file_source(dataset, path: str, ids_path: str | None) -> VectorSource:
+    if not os.path.isfile(path):
+        raise ValueError(f"sid_embedding_file {path} not found")
+    rows = np.load(path)
+    if rows.ndim != 2:
+        raise ValueError(f"sid_embedding_file {path} must hold a 2-D array, got {rows.shape}")
+    digest_parts: list[bytes | str] = [open(path, "rb").read()]
+    if ids_path:
+        with open(ids_path, encoding="utf-8") as f:
+            tokens = [line.strip() for line in f if line.strip()]
+        digest_parts.append("\n".join(tokens))
+        where = f"{path} (ids {ids_path})"
+    else:
+        tokens = list(dataset.field2id_token[dataset.iid_field][1 : dataset.item_num])
+        where = path
+    if len(tokens) != len(rows):
+        raise ValueError(
+            f"{where} has {len(rows)} rows for {len(tokens)} item ids; without "
+            "sid_embedding_ids the rows must follow the dataset's item tokens (internal ids 1..)"
+        )
+    vectors = _align(dataset, tokens, rows, where)
+    return VectorSource(f"file:{path}", _sha(*digest_parts), 0, lambda: vectors)
+
+
+def _field_source(dataset, field: str) -> VectorSource:
+    config = dataset.config
+    id_fields = [dataset.iid_field, *(config["alias_of_item_id"] or [])]
+    for name in dataset.feat_name_list:
+        feat = getattr(dataset, name)
+        if feat is None or field not in feat_columns(feat):
+            continue
+        id_field = next((f for f in id_fields if f in feat_columns(feat)), None)
+        if id_field is None:
+            raise ValueError(
+                f"sid_embedding_field {field} is in {name} without an item id column: "
+                f"list its id field in alias_of_item_id"
+            )
+        ids = item_rows(dataset, feat, id_field)
+        values = [np.asarray(v, dtype=np.float32).ravel() for v in feat_column(feat, field)]
+        keep = [(i, v) for i, v in zip(ids, values) if i > 0 and len(v) and np.any(v)]
+        where = f"field {field} of {name} ({dataset.dataset_name}.* feature file)"
+        if not keep:
+            raise ValueError(f"{where} holds no vectors")
+        tokens = [dataset.field2id_token[dataset.iid_field][i] for i, _ in keep]
+        rows = np.stack([v for _, v in keep])
+        vectors = _align(dataset, tokens, rows, where)
+        return VectorSource(f"field:{field}", _sha(vectors.tobytes()), 0, lambda: vectors)
+    raise ValueError(
+        f"sid_embedding_field {field} is not loaded: add its feature file's suffix to "
+        f"additional_feat_suffix and the field to load_col"
+    )
+
+
+def vector_source(settings: SIDSettings, dataset) -> VectorSource:
+    """Pick the item-vector source by preference: embedding file, embedding field, text."""
+    if settings.embedding_file:
+        return _file_source(dataset, settings.embedding_file, settings.embedding_ids)
+    if settings.embedding_field:
+        return _field_source(dataset, settings.embedding_field)
+    texts, n_missing = item_texts(dataset, settings.text_fields)
+    s = settings
+
+    def compute() -> np.ndarray:
+        return _check_finite(encode_texts(texts, s.text_encoder, s.embedding_dim, s.seed), "text")
+
+    return VectorSource(
+        f"text:{s.text_encoder}", _sha("\n".join(texts), s.text_encoder), n_missing, compute
+    )
+

@@ -1,0 +1,91 @@
+"""Every ``sid_*`` config key the tokenizer reads, with its default, in one place.
+
+The settings object is also what the SID cache key hashes, so a key that changes the table
+must live here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class SIDSettings:
+    """Tokenizer settings read from a RecBole config (missing keys take these defaults)."""
+
+    quantizer: str = "rq_kmeans"
+    levels: int = 3
+    codebook_sizes: tuple[int, ...] = (256, 256, 256)
+    dedup: str = "auto"
+    kmeans_iters: int = 25
+    threads: int = 1
+    seed: int = 2020
+    rq_normalize: bool = False
+    opq_whiten: bool = False
+    opq_iters: int = 20
+    rqvae_epochs: int = 60
+    rqvae_lr: float = 1e-3
+    rqvae_hidden: tuple[int, ...] = (256,)
+    rqvae_latent: int = 32
+    rqvae_batch_size: int = 1024
+    rqvae_beta: float = 0.25
+    text_fields: tuple[str, ...] = ()
+    text_encoder: str = "tfidf"
+    embedding_dim: int = 256
+    embedding_file: str | None = None
+    embedding_ids: str | None = None
+    embedding_field: str | None = None
+    cache: bool = True
+
+    @classmethod
+    def from_config(cls, config) -> "SIDSettings":
+        """Read the settings from a RecBole ``Config`` (or any dict-like returning None)."""
+
+        def get(key, default):
+            value = config[key]
+            return default if value is None else value
+
+        d = cls()
+        size = get("sid_codebook_size", 256)
+        if isinstance(size, (list, tuple)):
+            # a list gives one size per level and so fixes the number of levels
+            sizes = tuple(int(s) for s in size)
+        else:
+            sizes = (int(size),) * int(get("sid_levels", d.levels))
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"sid_codebook_size must be positive, got {size!r}")
+        hidden = get("sid_rqvae_hidden", d.rqvae_hidden)
+        hidden = (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+        fields = get("sid_text_fields", ())
+        fields = (fields,) if isinstance(fields, str) else tuple(fields)
+        return cls(
+            quantizer=str(get("sid_quantizer", d.quantizer)),
+            levels=len(sizes),
+            codebook_sizes=sizes,
+            dedup=str(get("sid_dedup", d.dedup)),
+            kmeans_iters=int(get("sid_kmeans_iters", d.kmeans_iters)),
+            threads=int(get("sid_threads", d.threads)),
+            seed=int(get("sid_seed", get("seed", d.seed))),
+            rq_normalize=bool(get("sid_rq_normalize", d.rq_normalize)),
+            opq_whiten=bool(get("sid_opq_whiten", d.opq_whiten)),
+            opq_iters=int(get("sid_opq_iters", d.opq_iters)),
+            rqvae_epochs=int(get("sid_rqvae_epochs", d.rqvae_epochs)),
+            rqvae_lr=float(get("sid_rqvae_lr", d.rqvae_lr)),
+            rqvae_hidden=hidden,
+            rqvae_latent=int(get("sid_rqvae_latent", d.rqvae_latent)),
+            rqvae_batch_size=int(get("sid_rqvae_batch_size", d.rqvae_batch_size)),
+            rqvae_beta=float(get("sid_rqvae_beta", d.rqvae_beta)),
+            text_fields=fields,
+            text_encoder=str(get("sid_text_encoder", d.text_encoder)),
+            embedding_dim=int(get("sid_embedding_dim", d.embedding_dim)),
+            embedding_file=config["sid_embedding_file"],
+            embedding_ids=config["sid_embedding_ids"],
+            embedding_field=config["sid_embedding_field"],
+            cache=bool(get("sid_cache", d.cache)),
+        )
+
+    def as_key(self) -> dict:
+        """The settings that determine the codes (``cache`` does not), for hashing."""
+        out = asdict(self)
+        out.pop("cache")
+        return out

@@ -1,0 +1,258 @@
+"""Tests of recbole_mdgr.tokenizer: items -> semantic IDs.
+
+Fixtures are made here: random vectors, and a 60-item atomic dataset written to tmp_path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from recbole.config import Config
+from recbole.data.dataset import SequentialDataset
+
+from recbole_mdgr.tokenizer import QUANTIZERS, SIDSettings, SIDTable, build_sid_table, build_table
+from recbole_mdgr.tokenizer.embed import tfidf_svd
+from recbole_mdgr.tokenizer.kmeans import build_threads
+from recbole_mdgr.tokenizer.quantizers import make_quantizer
+from recbole_mdgr.tokenizer.text import item_texts
+
+N_ITEMS = 60
+NO_TEXT = (7, 23, 41)  # items of the fixture with no title, categories or brand
+COLORS = ["red", "blue", "green", "black", "pink", "gold"]
+KINDS = ["lipstick", "shampoo", "nail polish", "face cream", "eye liner"]
+
+
+class Cfg(dict):
+    """Dict-like config that, as RecBole's, returns None for missing keys."""
+
+    def __getitem__(self, key):
+        return self.get(key)
+
+
+def write_dataset(root, name: str = "tiny", title_suffix: str = "") -> str:
+    """A RecBole atomic dataset of 60 items and 30 users under ``root/name``."""
+    folder = os.path.join(root, name)
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(0)
+    with open(os.path.join(folder, f"{name}.inter"), "w") as f:
+        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        for u in range(30):
+            items = rng.choice(N_ITEMS, 8, replace=False)
+            items[0] = u % N_ITEMS  # every item is seen
+            items[1] = (u + 30) % N_ITEMS
+            for t, i in enumerate(items):
+                f.write(f"u{u}\ti{i}\t{t}\n")
+    with open(os.path.join(folder, f"{name}.item"), "w") as f:
+        f.write("item_id:token\ttitle:token\tcategories:token_seq\tbrand:token\n")
+        for i in range(N_ITEMS):
+            if i in NO_TEXT:
+                f.write(f"i{i}\t\t\t\n")
+                continue
+            color, kind = COLORS[i % len(COLORS)], KINDS[i % len(KINDS)]
+            title = f"{color} {kind} size {i % 4}{title_suffix}"
+            f.write(f"i{i}\t{title}\tBeauty {kind.split()[0]}\tbrand{i % 3}\n")
+    return folder
+
+
+def load_dataset(root, name: str = "tiny", item_cols=("item_id", "title", "categories", "brand")):
+    config = Config(
+        model="SASRec",
+        dataset=name,
+        config_dict={
+            "data_path": str(root),
+            "load_col": {"inter": ["user_id", "item_id", "timestamp"], "item": list(item_cols)},
+            "train_neg_sample_args": None,
+            "checkpoint_dir": os.path.join(str(root), "saved"),
+        },
+    )
+    return config, SequentialDataset(config)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """As build_sid_table does by default (sid_threads: 1)."""
+    with build_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_dataset(root)
+    return root, *load_dataset(root)
+
+
+def sid_config(checkpoint_dir, **kw) -> Cfg:
+    base = {
+        "seed": 7,
+        "checkpoint_dir": str(checkpoint_dir),
+        "sid_text_fields": ["title", "categories", "brand"],
+        "sid_embedding_dim": 16,
+        "sid_codebook_size": 8,
+        "sid_levels": 2,
+    }
+    base.update(kw)
+    return Cfg(base)
+
+
+def clustered(n: int = 300, d: int = 16, centers: int = 12, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, d)) * 4
+    return (c[rng.integers(0, centers, n)] + rng.normal(size=(n, d))).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- quantizers
+@pytest.mark.parametrize("name", sorted(QUANTIZERS))
+def test_quantizer_codes_in_range_and_same_for_same_seed(name):
+    sizes = (10, 10, 10, 6) if name in ("opq", "pq") else (12, 8, 5)
+    settings = SIDSettings(quantizer=name, codebook_sizes=sizes, levels=len(sizes), rqvae_epochs=5)
+    x = clustered()
+    first = make_quantizer(settings).fit_encode(x, seed=3)
+    again = make_quantizer(settings).fit_encode(x, seed=3)
+    assert first.shape == (len(x), len(sizes)) and first.dtype == np.int64
+    assert (first >= 0).all() and (first < np.array(sizes)).all()
+    np.testing.assert_array_equal(first, again)
+
+
+def test_rqvae_keeps_every_codebook_alive_on_clustered_data():
+    settings = SIDSettings(
+        quantizer="rq_vae", codebook_sizes=(16, 16), levels=2, rqvae_epochs=40,
+        rqvae_hidden=(64,), rqvae_latent=8, rqvae_batch_size=128,
+    )
+    codes = make_quantizer(settings).fit_encode(clustered(n=600, centers=30), seed=0)
+    for j in range(2):
+        assert len(np.unique(codes[:, j])) / 16 >= 0.9
+
+
+def test_opq_accepts_codebook_size_that_is_not_a_power_of_two():
+    settings = SIDSettings(quantizer="opq", codebook_sizes=(30, 30, 30), levels=3)
+    codes = make_quantizer(settings).fit_encode(clustered(d=20), seed=0)
+    assert codes.shape == (300, 3) and codes.max() == 29  # a 30-codeword book, not 2^bits
+
+
+# ---------------------------------------------------------------------------- table
+def test_dedup_makes_every_sid_unique_and_keeps_every_item():
+    raw = np.array([[0, 1], [0, 1], [2, 3], [0, 1], [2, 3], [1, 1]])
+    table = build_table(raw, [3, 4], "auto")
+    assert table.n_items == len(raw) + 1 and table.m == 3
+    real = table.codes[1:]
+    assert len(torch.unique(real, dim=0)) == len(raw)
+    np.testing.assert_array_equal(real[:, :2].numpy(), raw)
+    assert table.stats["collision_rate"] == pytest.approx(5 / 6)
+    assert table.stats["max_collision_group"] == 3
+    np.testing.assert_array_equal(table.items_of(real).numpy(), np.arange(1, len(raw) + 1))
+
+
+def test_allowed_tokens_and_items_of_match_a_brute_force_scan():
+    rng = np.random.default_rng(1)
+    sizes = [5, 4, 6]
+    raw = np.unique(rng.integers(0, 4, (70, 3)), axis=0)
+    table = build_table(raw, sizes, "none")
+    codes = table.codes[1:].numpy()
+    partial = torch.as_tensor(rng.integers(0, 5, (200, 3)) % np.array(sizes))
+    fixed = torch.as_tensor(rng.random((200, 3)) < 0.5)
+    got = table.allowed_tokens(partial, fixed).numpy()
+    for n in range(len(partial)):
+        match = np.all((codes == partial[n].numpy()) | ~fixed[n].numpy(), axis=1)
+        want = np.zeros((3, table.max_vocab), dtype=bool)
+        for j in range(3):
+            want[j, codes[match, j]] = True
+        np.testing.assert_array_equal(got[n], want)
+    items = table.items_of(partial).numpy()
+    for n in range(len(partial)):
+        hit = np.nonzero((codes == partial[n].numpy()).all(1))[0]
+        assert items[n] == (hit[0] + 1 if len(hit) else 0)
+
+
+# ---------------------------------------------------------------------------- text
+def test_tfidf_vectors_are_identical_across_runs():
+    texts = [f"title: {c} {k} size {i % 3}" for i, (c, k) in enumerate(zip(COLORS * 5, KINDS * 6))]
+    a, b = tfidf_svd(texts, 8, seed=5), tfidf_svd(texts, 8, seed=5)
+    assert a.shape == (len(texts), 8) and np.isfinite(a).all()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_items_without_text_are_counted_with_a_warning_and_no_nan(tiny, tmp_path, caplog):
+    _, _, dataset = tiny
+    with caplog.at_level(logging.WARNING):
+        texts, missing = item_texts(dataset, ["title", "categories", "brand"])
+    assert missing == len(NO_TEXT)
+    assert [i for i, t in enumerate(texts, start=1) if not t] == sorted(
+        dataset.field2token_id["item_id"][f"i{i}"] for i in NO_TEXT
+    )
+    assert any("3 of 60 items have no text" in r.message and "tiny.item" in r.message
+               for r in caplog.records)
+    table = build_sid_table(sid_config(tmp_path), dataset)
+    assert table.stats["items_without_text"] == len(NO_TEXT)
+    assert table.n_items == dataset.item_num and (table.codes[0] == -1).all()
+
+
+def test_unloaded_text_fields_raise_naming_them(tmp_path):
+    write_dataset(tmp_path, "notext")
+    _, dataset = load_dataset(tmp_path, "notext", item_cols=("item_id", "brand"))
+    with pytest.raises(ValueError, match=r"\['title', 'categories'\].*load_col"):
+        item_texts(dataset, ["title", "categories"])
+    dataset.item_feat = None
+    with pytest.raises(ValueError, match="sid_text_fields"):
+        build_sid_table(sid_config(tmp_path), dataset)
+
+
+# ---------------------------------------------------------------------------- cache
+def test_cache_hit_then_rebuilt_after_text_change_and_corruption(tmp_path, caplog):
+    write_dataset(tmp_path, "cached")
+    _, dataset = load_dataset(tmp_path, "cached")
+    config = sid_config(tmp_path / "ck")
+    caplog.set_level(logging.INFO)
+    first = build_sid_table(config, dataset)
+    assert any("No SID cache for this key" in r.message for r in caplog.records)
+    (path,) = list((tmp_path / "ck" / "sid").glob("cached-rq_kmeans-*.npz"))
+
+    caplog.clear()
+    again = build_sid_table(config, dataset)
+    assert any(f"Loaded SID table from {path}" in r.message for r in caplog.records)
+    assert torch.equal(first.codes, again.codes) and again.vocab_sizes == first.vocab_sizes
+
+    path.write_bytes(b"not a zip file")
+    caplog.clear()
+    rebuilt = build_sid_table(config, dataset)
+    assert any(r.levelno == logging.WARNING and "unreadable" in r.message for r in caplog.records)
+    assert torch.equal(rebuilt.codes, first.codes)
+    assert isinstance(build_sid_table(config, dataset), SIDTable)  # overwritten, loads again
+    assert any("Loaded SID table" in r.message for r in caplog.records[-3:])
+
+    write_dataset(tmp_path, "cached", title_suffix=" deluxe edition")
+    _, changed = load_dataset(tmp_path, "cached")
+    caplog.clear()
+    build_sid_table(config, changed)
+    assert any("No SID cache for this key" in r.message for r in caplog.records)
+    assert len(list((tmp_path / "ck" / "sid").glob("cached-rq_kmeans-*.npz"))) == 2
+    assert not list((tmp_path / "ck" / "sid").glob("*.tmp"))
+
+
+# ---------------------------------------------------------------------------- pretrained vectors
+def test_embedding_file_rows_are_aligned_by_item_token(tiny, tmp_path):
+    _, _, dataset = tiny
+    tokens = list(dataset.field2id_token["item_id"][1:])
+    order = np.random.default_rng(0).permutation(len(tokens))
+    vectors = clustered(n=len(tokens))
+    np.save(tmp_path / "emb.npy", vectors[order])
+    (tmp_path / "ids.txt").write_text("\n".join(tokens[i] for i in order))
+    config = sid_config(
+        tmp_path, sid_embedding_file=str(tmp_path / "emb.npy"),
+        sid_embedding_ids=str(tmp_path / "ids.txt"), sid_cache=False,
+    )
+    from_file = build_sid_table(config, dataset)
+    np.save(tmp_path / "aligned.npy", vectors)
+    aligned = sid_config(
+        tmp_path, sid_embedding_file=str(tmp_path / "aligned.npy"), sid_cache=False
+    )
+    assert torch.equal(from_file.codes, build_sid_table(aligned, dataset).codes)
+
+    np.save(tmp_path / "emb.npy", vectors[order][:-2])
+    (tmp_path / "ids.txt").write_text("\n".join(tokens[i] for i in order[:-2]))
+    with pytest.raises(ValueError, match=r"2 of 60 items have no vector in .*emb\.npy"):
+        build_sid_table(config, dataset)
