@@ -2,9 +2,19 @@
 
 import numpy as np
 import pytest
+import torch
 
 WORDS = ["red", "blue", "green", "soft", "hard", "round", "long", "small", "large", "dark"]
 CATS = ["Makeup", "Skin", "Hair", "Nails", "Tools"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def single_thread():
+    """Tiny models: one thread is faster, and immune to other jobs on a 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_tiny_dataset(root, name="tiny", n_users=30, n_items=40, seed=0, lengths=None,

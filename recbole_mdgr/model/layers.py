@@ -1,0 +1,226 @@
+"""Transformer pieces shared by TIGER, MADRec and MDGR.
+
+T5-style pre-norm blocks: a bias-free LayerNorm before every sub-layer (T5 uses RMSNorm, but
+torch's RMSNorm is unfused on CPU and 4x slower than LayerNorm here), no biases in attention,
+a residual around each sub-layer, one final norm per stack. Attention is
+``F.scaled_dot_product_attention`` with an inner width ``n_heads * head_dim`` that need not
+equal ``d_model`` (T5-small style: d_model 128, 6 heads, head_dim 64).
+
+The blocks are position-agnostic: each model adds its own learned position/slot embeddings to
+its inputs (documented in the model), so one block serves causal decoders, bidirectional
+encoders and bidirectional decoders with cross-attention alike.
+
+Beams share their user's encoder output: when a cross-attention gets ``N = B * W`` query rows
+and keys/values for ``B`` users, the ``W`` beams of each user are folded into the query-length
+axis, so the memory is never copied per beam (rows must be user-major: row = b * W + w).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self- or cross-attention depending on where k/v come from."""
+
+    def __init__(self, d_model: int, n_heads: int, head_dim: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.head_dim, self.dropout = n_heads, head_dim, dropout
+        inner = n_heads * head_dim
+        self.q = nn.Linear(d_model, inner, bias=False)
+        self.kv = nn.Linear(d_model, 2 * inner, bias=False)
+        self.o = nn.Linear(inner, d_model, bias=False)
+
+    def project_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``src`` (B, S, d) -> two (B, H, S, hd)."""
+        B, S, _ = src.shape
+        k, v = self.kv(src).view(B, S, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """Attend from ``x`` (N, T, d) to ``k``, ``v`` (B, H, S, hd); N = B * W.
+
+        ``key_mask`` (B, S) bool, True = a real key. ``causal``: query t (the last T of S
+        positions) sees keys up to its own position, so a cache of S - T past keys works.
+        """
+        N, T, _ = x.shape
+        B, H, S, hd = k.shape
+        W = N // B  # beams per user sharing these keys
+        q = self.q(x).view(N, T, H, hd).transpose(1, 2)  # (N, H, T, hd)
+        if W > 1:
+            if causal:
+                raise ValueError("causal attention needs one key set per query row")
+            q = q.view(B, W, H, T, hd).transpose(1, 2).reshape(B, H, W * T, hd)
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
+        is_causal = causal and mask is None and S == T
+        if causal and not is_causal:
+            past = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # (T, S)
+            mask = past if mask is None else mask & past
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=is_causal,
+        )  # (B, H, W*T, hd) or (N, H, T, hd)
+        if W > 1:
+            y = y.view(B, H, W, T, hd).transpose(1, 2).reshape(N, H, T, hd)
+        return self.o(y.transpose(1, 2).reshape(N, T, H * hd))  # (N, T, d)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP d -> inner -> d with GELU."""
+
+    def __init__(self, d_model: int, inner_size: int, dropout: float):
+        super().__init__()
+        self.up = nn.Linear(d_model, inner_size)
+        self.down = nn.Linear(inner_size, d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(self.drop(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm block: self-attention, optional cross-attention, feed-forward."""
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        head_dim: int,
+        inner_size: int,
+        dropout: float,
+        cross_attention: bool = False,
+    ):
+        super().__init__()
+        self.norm_self = nn.LayerNorm(d_model, bias=False)
+        self.self_attn = Attention(d_model, n_heads, head_dim, dropout)
+        self.norm_cross = nn.LayerNorm(d_model, bias=False) if cross_attention else None
+        self.cross_attn = (
+            Attention(d_model, n_heads, head_dim, dropout) if cross_attention else None
+        )
+        self.norm_ffn = nn.LayerNorm(d_model, bias=False)
+        self.ffn = FeedForward(d_model, inner_size, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        cache: dict | None = None,
+    ) -> torch.Tensor:
+        """``x`` (N, T, d) -> (N, T, d); ``memory`` (B, S, d) for cross-attention.
+
+        With ``cache`` (this layer's dict of :class:`KVCache`), ``x`` holds only the new
+        positions: their keys/values are appended to the cached ones, and the memory's
+        keys/values are computed on the first call and reused after.
+        """
+        h = self.norm_self(x)
+        k, v = self.self_attn.project_kv(h)  # (N, H, T, hd)
+        if cache is not None:
+            if "self" in cache:
+                past_k, past_v = cache["self"]
+                k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+            cache["self"] = (k, v)
+        x = x + self.drop(self.self_attn(h, k, v, key_mask, causal))
+        if self.cross_attn is not None:
+            if cache is not None and "cross" in cache:
+                k, v = cache["cross"]
+            else:
+                k, v = self.cross_attn.project_kv(memory)  # (B, H, S, hd)
+                if cache is not None:
+                    cache["cross"] = (k, v)
+            x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, memory_mask))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`Block` with a final LayerNorm: encoder, causal or parallel decoder."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        d_model: int,
+        n_heads: int,
+        head_dim: int,
+        inner_size: int,
+        dropout: float,
+        cross_attention: bool = False,
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, head_dim, inner_size, dropout, cross_attention)
+            for _ in range(n_layers)
+        )
+        self.norm = nn.LayerNorm(d_model, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        memory: torch.Tensor | None = None,
+        memory_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """``x`` (N, T, d) -> (N, T, d). Masks are bool, True = a real position."""
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else cache.layers[i]
+            x = block(x, key_mask, causal, memory, memory_mask, layer_cache)
+        return self.norm(x)
+
+
+class KVCache:
+    """Keys/values of already-decoded positions, for incremental decoding.
+
+    ``layers[i]["self"]``: (k, v) of layer i's self-attention, (N, H, T_past, hd), one row
+    per sequence (beam). ``layers[i]["cross"]``: (k, v) of the memory, (B, H, S, hd), one row
+    per user, computed once and shared by that user's beams.
+    """
+
+    def __init__(self, n_layers: int):
+        self.layers: list[dict] = [{} for _ in range(n_layers)]
+
+    def __len__(self) -> int:
+        """Number of positions decoded so far."""
+        kv = self.layers[0].get("self")
+        return 0 if kv is None else kv[0].shape[2]
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Keep self-attention rows ``rows`` (N',) long, in that order (beam parents)."""
+        for layer in self.layers:
+            if "self" in layer:
+                k, v = layer["self"]
+                layer["self"] = (k[rows], v[rows])
+
+
+def encode_by_length(
+    encoder: Transformer, x: torch.Tensor, lengths: torch.Tensor, n_buckets: int
+) -> torch.Tensor:
+    """Bidirectional ``encoder`` over left-aligned rows ``x`` (B, S, d) of ``lengths`` (B,).
+
+    Rows are sorted by length and encoded in ``n_buckets`` groups, each cut to its own longest
+    row, so padding costs (almost) nothing. Returns (B, S, d), zeros beyond each group's cut;
+    every position < ``lengths`` equals a plain ``encoder(x, key_mask)`` pass.
+    """
+    out = x.new_zeros(x.shape)
+    positions = torch.arange(x.shape[1], device=x.device)
+    for rows in lengths.argsort().chunk(n_buckets):
+        S = int(lengths[rows].max())
+        key_mask = positions[:S] < lengths[rows, None]  # (b, S)
+        out[rows, :S] = encoder(x[rows, :S], key_mask=key_mask)
+    return out

@@ -1,0 +1,204 @@
+"""
+TIGER
+################################################
+
+Reference:
+    Shashank Rajput et al. "Recommender Systems with Generative Retrieval." in NeurIPS 2023.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_mdgr.model.base import GenerativeRecommender
+from recbole_mdgr.model.decoding import (
+    NEG_INF,
+    finish_beams,
+    left_to_right_beam_search,
+    top_k_items,
+)
+from recbole_mdgr.model.layers import KVCache, Transformer, encode_by_length
+
+DECODE_MODES = ("beam", "exact")
+
+
+class TIGER(GenerativeRecommender):
+    r"""T5-style encoder-decoder that writes the next item's semantic ID token by token.
+
+    Tokens: code ``c`` at SID position ``j`` is token ``offset_j + c + 1`` with ``offset_j =
+    sum(vocab_sizes[:j])``; 0 is padding and ``sum(vocab_sizes) + 1`` is BOS. Encoder and
+    decoder share this embedding table.
+
+    Encoder input: the history's SIDs flattened, ``[B, L*m]`` (L trimmed to the batch's
+    longest history), plus a learned *recency* embedding of the item (0 = newest item, so the
+    last item always has the same position however long the history) and a learned SID-slot
+    embedding ``j``. Decoder input: ``[BOS, t_0, ..., t_{m-2}]`` plus a learned decoder
+    position embedding; output at position ``j`` predicts ``t_j`` through head ``j`` (one
+    linear head per SID position, over that position's own vocabulary).
+
+    Loss: teacher-forced cross-entropy over the ``m`` target tokens. Inference
+    (``tiger_decode``): ``beam`` = constrained left-to-right beam search with a key/value
+    cache (NFE = m); ``exact`` = the log-likelihood of every item's SID, top-k.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+
+        # load parameters info
+        self.n_layers_enc = config["n_layers_enc"]
+        self.n_layers_dec = config["n_layers_dec"]
+        self.hidden_size = config["hidden_size"]
+        self.n_heads = config["n_heads"]
+        self.head_dim = config["head_dim"]
+        self.inner_size = config["inner_size"]
+        self.dropout_prob = config["dropout_prob"]
+        self.initializer_range = config["initializer_range"]
+        self.beam_size = config["beam_size"]
+        self.sid_constrained = config["sid_constrained"]
+        self.decode_mode = config["tiger_decode"]
+        self.exact_rows = config["tiger_exact_rows"]
+        self.encoder_buckets = config["encoder_buckets"]
+        if self.decode_mode not in DECODE_MODES:
+            raise ValueError(
+                f"tiger_decode must be one of {DECODE_MODES}, got {self.decode_mode!r}"
+            )
+        if self.beam_size < self.topk:
+            self.logger.warning(
+                f"beam_size={self.beam_size} < largest topk={self.topk}: lists are padded "
+                "with misses beyond the beam width"
+            )
+
+        # define layers
+        m, d = self.sid_len, self.hidden_size
+        offsets = torch.tensor([0, *self.sid_vocab_sizes[:-1]]).cumsum(0) + 1
+        self.register_buffer("token_offset", offsets, persistent=False)  # (m,)
+        self.bos = sum(self.sid_vocab_sizes) + 1
+        self.token_embedding = nn.Embedding(self.bos + 1, d, padding_idx=0)
+        self.recency_embedding = nn.Embedding(self.max_seq_length, d)
+        self.slot_embedding = nn.Embedding(m, d)
+        self.decoder_position_embedding = nn.Embedding(m, d)
+        stack = (d, self.n_heads, self.head_dim, self.inner_size, self.dropout_prob)
+        self.encoder = Transformer(self.n_layers_enc, *stack)
+        self.decoder = Transformer(self.n_layers_dec, *stack, cross_attention=True)
+        self.heads = nn.ModuleList(nn.Linear(d, v) for v in self.sid_vocab_sizes)
+        self.dropout = nn.Dropout(self.dropout_prob)
+
+        # parameters initialization
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def encode(self, item_seq_sid, item_seq_len):
+        """History SIDs ``[B, L, m]`` (-1 = pad) -> memory ``[B, S, d]``, mask ``[B, S]``.
+
+        Users are encoded in ``encoder_buckets`` groups of similar history length, each cut
+        to its longest history: padding costs no encoder compute.
+        """
+        L = int(item_seq_len.max())
+        sid = item_seq_sid[:, :L]  # (B, L, m)
+        tokens = torch.where(sid >= 0, sid + self.token_offset, 0).flatten(1)  # (B, L*m)
+        steps = torch.arange(L, device=sid.device)
+        recency = (item_seq_len[:, None] - 1 - steps).clamp(min=0)  # (B, L), 0 = newest
+        x = (
+            self.token_embedding(tokens)
+            + self.recency_embedding(recency).repeat_interleave(self.sid_len, 1)
+            + self.slot_embedding.weight.repeat(L, 1)
+        )  # (B, L*m, d)
+        memory = encode_by_length(
+            self.encoder, self.dropout(x), item_seq_len * self.sid_len, self.encoder_buckets
+        )
+        return memory, tokens > 0
+
+    def decode(self, tokens, memory, memory_mask, cache: KVCache | None = None):
+        """Decoder tokens ``[N, T]`` (N = B * beams) -> hidden ``[N, T, d]``, causal."""
+        start = 0 if cache is None else len(cache)
+        pos = self.decoder_position_embedding.weight[start : start + tokens.shape[1]]
+        x = self.dropout(self.token_embedding(tokens) + pos)  # (N, T, d)
+        return self.decoder(x, causal=True, memory=memory, memory_mask=memory_mask, cache=cache)
+
+    def decoder_inputs(self, target_sid):
+        """Teacher forcing: target SIDs ``[N, m]`` -> tokens ``[BOS, t_0 .. t_{m-2}]``."""
+        bos = target_sid.new_full((target_sid.shape[0], 1), self.bos)
+        return torch.cat([bos, (target_sid + self.token_offset)[:, :-1]], 1)  # (N, m)
+
+    def logits(self, hidden):
+        """Hidden ``[N, m, d]`` -> ``[N, m, max_vocab]``; -inf beyond a position's vocab."""
+        V = max(self.sid_vocab_sizes)
+        out = [
+            F.pad(head(hidden[:, j]), (0, V - head.out_features), value=NEG_INF)
+            for j, head in enumerate(self.heads)
+        ]
+        return torch.stack(out, 1)
+
+    def forward(self, item_seq_sid, item_seq_len, target_sid):
+        """Teacher-forced logits ``[B, m, max_vocab]`` of the target SIDs ``[B, m]``."""
+        memory, mask = self.encode(item_seq_sid, item_seq_len)
+        return self.logits(self.decode(self.decoder_inputs(target_sid), memory, mask))
+
+    def calculate_loss(self, interaction):
+        target = interaction[self.POS_ITEM_SID]  # (B, m)
+        logits = self.forward(
+            interaction[self.ITEM_SEQ_SID], interaction[self.ITEM_SEQ_LEN], target
+        )
+        return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+    @torch.no_grad()
+    def score_all_items(self, interaction):
+        """``[B, n_items]`` log-likelihood of every item's full SID (item 0 = -inf).
+
+        Teacher-forced decoder passes over all items' SIDs, at most ``tiger_exact_rows``
+        (user, item) rows per pass; each user's memory is shared by its item rows.
+        """
+        memory, mask = self.encode(interaction[self.ITEM_SEQ_SID], interaction[self.ITEM_SEQ_LEN])
+        B, n = memory.shape[0], self.n_items - 1
+        codes = self.sid_codes[1:]  # (n, m) the catalogue: candidates, not model inputs
+        inputs = self.decoder_inputs(codes)  # (n, m)
+        item_chunk = min(n, self.exact_rows)
+        user_chunk = max(1, self.exact_rows // item_chunk)
+        scores = memory.new_full((B, self.n_items), NEG_INF)
+        for b0 in range(0, B, user_chunk):
+            b1 = min(B, b0 + user_chunk)
+            for i0 in range(0, n, item_chunk):
+                i1 = min(n, i0 + item_chunk)
+                tokens = inputs[i0:i1].repeat(b1 - b0, 1)  # (Bc*Ic, m), user-major
+                logp = self.logits(self.decode(tokens, memory[b0:b1], mask[b0:b1])).log_softmax(-1)
+                target = codes[i0:i1].repeat(b1 - b0, 1)[:, :, None]  # (Bc*Ic, m, 1)
+                ll = logp.gather(2, target).sum((1, 2))  # (Bc*Ic,)
+                scores[b0:b1, 1 + i0 : 1 + i1] = ll.view(b1 - b0, i1 - i0)
+        return scores
+
+    @torch.no_grad()
+    def generate(self, interaction, k):
+        if self.decode_mode == "exact":
+            scores = self.score_all_items(interaction)
+            items = torch.arange(self.n_items, device=scores.device).expand_as(scores)
+            items, scores = top_k_items(items, scores, k)
+            self.decode_stats.add(len(items), nfe=1, generated=int((items > 0).sum()), invalid=0)
+            return items, scores
+
+        memory, mask = self.encode(interaction[self.ITEM_SEQ_SID], interaction[self.ITEM_SEQ_LEN])
+        B = memory.shape[0]
+        cache = KVCache(self.n_layers_dec)
+
+        def step(tokens, parents):
+            j = len(cache)  # SID position to predict
+            if tokens is None:
+                ids = torch.full((B, 1), self.bos, dtype=torch.long, device=memory.device)
+            else:
+                cache.reorder(parents)
+                ids = (tokens + self.token_offset[j - 1])[:, None]  # (N, 1)
+            hidden = self.decode(ids, memory, mask, cache)  # (N, 1, d)
+            return self.heads[j](hidden[:, 0]).float().log_softmax(-1)  # (N, V_j)
+
+        sids, beam_scores = left_to_right_beam_search(
+            step, self.sid_table, B, self.beam_size, self.sid_constrained
+        )
+        items, scores, generated, invalid = finish_beams(self.sid_table, sids, beam_scores, k)
+        self.decode_stats.add(B, nfe=self.sid_len, generated=generated, invalid=invalid)
+        return items, scores

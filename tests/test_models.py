@@ -1,0 +1,38 @@
+"""Every plugin model through the user's entry point: train, evaluate, save, reload."""
+
+import logging
+import os
+
+import pytest
+
+from recbole_mdgr.quick_start import load_data_and_model, run_recbole_mdgr
+from recbole_mdgr.utils import get_trainer
+
+TINY = {
+    "TIGER": {"n_layers_enc": 1, "n_layers_dec": 1, "hidden_size": 16, "n_heads": 2,
+              "head_dim": 8, "inner_size": 32, "sid_levels": 2, "sid_codebook_size": 8,
+              "beam_size": 20},
+}
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_model_trains_evaluates_and_reloads_to_identical_metrics(tiny, model, caplog):
+    tmp, cfg = tiny
+    caplog.set_level(logging.INFO)
+    cfg = {**cfg, **TINY[model], "epochs": 2, "state": "INFO"}
+    result = run_recbole_mdgr(model, "tiny", config_dict=cfg)
+    test = result["test_result"]
+    assert set(test) == {f"{m}@{k}" for m in ("recall", "ndcg", "mrr", "hit") for k in (5, 10, 20)}
+    assert test["recall@5"] <= test["recall@10"] <= test["recall@20"]
+    decode = result["test_decode"]
+    assert decode["nfe_per_user"] > 0 and decode["decode_ms_per_user"] > 0
+    assert 0.0 <= decode["invalid_sid_share"] <= 1.0
+    assert any("nfe_per_user=" in r.getMessage() for r in caplog.records)
+
+    saved = [f for f in os.listdir(tmp / "saved") if f.startswith(f"{model}-")]
+    assert len(saved) == 1
+    config, net, dataset, train_data, valid_data, test_data = load_data_and_model(
+        str(tmp / "saved" / saved[0])
+    )
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    assert dict(trainer.evaluate(test_data, load_best_model=False)) == dict(test)
