@@ -41,7 +41,8 @@ def get_model(model_name: str):
     if model_name in _recbole_models():
         return recbole_get_model(model_name)
     names = available_models()
-    close = difflib.get_close_matches(model_name, names, n=3)
+    lower = {n.lower(): n for n in names}
+    close = [lower[c] for c in difflib.get_close_matches(model_name.lower(), lower, n=3)]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(f"Unknown model '{model_name}'.{hint} Available models: {', '.join(names)}")
 
