@@ -36,3 +36,9 @@ def test_model_trains_evaluates_and_reloads_to_identical_metrics(tiny, model, ca
     )
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
     assert dict(trainer.evaluate(test_data, load_best_model=False)) == dict(test)
+
+    # weights trained on another SID table must not load silently
+    state = net.state_dict()
+    state["sid_codes"] = state["sid_codes"][[0, 2, 1, *range(3, len(state["sid_codes"]))]]
+    with pytest.raises(ValueError, match="different SID table"):
+        net.load_state_dict(state)
