@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny atomic dataset written to tmp_path, and fast run settings."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -18,14 +20,15 @@ def single_thread():
 
 
 def write_tiny_dataset(root, name="tiny", n_users=30, n_items=40, seed=0, lengths=None,
-                       missing_text=()):
+                       missing_text=(), title_suffix=""):
     """Write ``<root>/<name>/<name>.inter`` and ``.item`` (Amazon-like columns).
 
     ``lengths`` fixes each user's number of interactions; ``missing_text`` lists item
-    numbers whose title, categories and brand are left empty.
+    numbers whose title, categories and brand are left empty; ``title_suffix`` is appended
+    to every title (to change the item text and nothing else).
     """
     rng = np.random.default_rng(seed)
-    folder = root / name
+    folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
     lengths = lengths or [int(rng.integers(5, 11)) for _ in range(n_users)]
     rows = ["user_id:token\titem_id:token\ttimestamp:float"]
@@ -40,7 +43,7 @@ def write_tiny_dataset(root, name="tiny", n_users=30, n_items=40, seed=0, length
         if i in missing_text:
             rows.append(f"i{i}\t\t\t")
             continue
-        title = f"{WORDS[i % 10]} {WORDS[(i // 10) % 10]} thing {i % 7}"
+        title = f"{WORDS[i % 10]} {WORDS[(i // 10) % 10]} thing {i % 7}{title_suffix}"
         rows.append(f"i{i}\t{title}\tBeauty {CATS[i % 5]}\tbrand{i % 4}")
     (folder / f"{name}.item").write_text("\n".join(rows) + "\n")
     return folder

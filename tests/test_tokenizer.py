@@ -1,6 +1,7 @@
 """Tests of recbole_mdgr.tokenizer: items -> semantic IDs.
 
-Fixtures are made here: random vectors, and a 60-item atomic dataset written to tmp_path.
+Fixtures are made here: random vectors, and a 60-item atomic dataset written to tmp_path
+(``conftest.write_tiny_dataset``), three of whose items have no text.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from recbole_mdgr.tokenizer.kmeans import build_threads
 from recbole_mdgr.tokenizer.quantizers import make_quantizer
 from recbole_mdgr.tokenizer.text import item_texts
 
+from conftest import write_tiny_dataset
+
 N_ITEMS = 60
 NO_TEXT = (7, 23, 41)  # items of the fixture with no title, categories or brand
 COLORS = ["red", "blue", "green", "black", "pink", "gold"]
@@ -33,29 +36,10 @@ class Cfg(dict):
         return self.get(key)
 
 
-def write_dataset(root, name: str = "tiny", title_suffix: str = "") -> str:
-    """A RecBole atomic dataset of 60 items and 30 users under ``root/name``."""
-    folder = os.path.join(root, name)
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(0)
-    with open(os.path.join(folder, f"{name}.inter"), "w") as f:
-        f.write("user_id:token\titem_id:token\ttimestamp:float\n")
-        for u in range(30):
-            items = rng.choice(N_ITEMS, 8, replace=False)
-            items[0] = u % N_ITEMS  # every item is seen
-            items[1] = (u + 30) % N_ITEMS
-            for t, i in enumerate(items):
-                f.write(f"u{u}\ti{i}\t{t}\n")
-    with open(os.path.join(folder, f"{name}.item"), "w") as f:
-        f.write("item_id:token\ttitle:token\tcategories:token_seq\tbrand:token\n")
-        for i in range(N_ITEMS):
-            if i in NO_TEXT:
-                f.write(f"i{i}\t\t\t\n")
-                continue
-            color, kind = COLORS[i % len(COLORS)], KINDS[i % len(KINDS)]
-            title = f"{color} {kind} size {i % 4}{title_suffix}"
-            f.write(f"i{i}\t{title}\tBeauty {kind.split()[0]}\tbrand{i % 3}\n")
-    return folder
+def write_items60(root, name: str = "tiny", title_suffix: str = ""):
+    """The 60-item, 30-user fixture, items ``NO_TEXT`` without any text."""
+    write_tiny_dataset(root, name, n_users=30, n_items=N_ITEMS, missing_text=NO_TEXT,
+                       title_suffix=title_suffix)
 
 
 def load_dataset(root, name: str = "tiny", item_cols=("item_id", "title", "categories", "brand")):
@@ -80,9 +64,9 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def items60(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    write_dataset(root)
+    write_items60(root)
     return root, *load_dataset(root)
 
 
@@ -176,8 +160,8 @@ def test_tfidf_vectors_are_identical_across_runs():
     np.testing.assert_array_equal(a, b)
 
 
-def test_items_without_text_are_counted_with_a_warning_and_no_nan(tiny, tmp_path, caplog):
-    _, _, dataset = tiny
+def test_items_without_text_are_counted_with_a_warning_and_no_nan(items60, tmp_path, caplog):
+    _, _, dataset = items60
     with caplog.at_level(logging.WARNING):
         texts, missing = item_texts(dataset, ["title", "categories", "brand"])
     assert missing == len(NO_TEXT)
@@ -192,7 +176,7 @@ def test_items_without_text_are_counted_with_a_warning_and_no_nan(tiny, tmp_path
 
 
 def test_unloaded_text_fields_raise_naming_them(tmp_path):
-    write_dataset(tmp_path, "notext")
+    write_items60(tmp_path, "notext")
     _, dataset = load_dataset(tmp_path, "notext", item_cols=("item_id", "brand"))
     with pytest.raises(ValueError, match=r"\['title', 'categories'\].*load_col"):
         item_texts(dataset, ["title", "categories"])
@@ -203,7 +187,7 @@ def test_unloaded_text_fields_raise_naming_them(tmp_path):
 
 # ---------------------------------------------------------------------------- cache
 def test_cache_hit_then_rebuilt_after_text_change_and_corruption(tmp_path, caplog):
-    write_dataset(tmp_path, "cached")
+    write_items60(tmp_path, "cached")
     _, dataset = load_dataset(tmp_path, "cached")
     config = sid_config(tmp_path / "ck")
     caplog.set_level(logging.INFO)
@@ -224,7 +208,7 @@ def test_cache_hit_then_rebuilt_after_text_change_and_corruption(tmp_path, caplo
     assert isinstance(build_sid_table(config, dataset), SIDTable)  # overwritten, loads again
     assert any("Loaded SID table" in r.message for r in caplog.records[-3:])
 
-    write_dataset(tmp_path, "cached", title_suffix=" deluxe edition")
+    write_items60(tmp_path, "cached", title_suffix=" deluxe edition")
     _, changed = load_dataset(tmp_path, "cached")
     caplog.clear()
     build_sid_table(config, changed)
@@ -234,8 +218,8 @@ def test_cache_hit_then_rebuilt_after_text_change_and_corruption(tmp_path, caplo
 
 
 # ---------------------------------------------------------------------------- pretrained vectors
-def test_embedding_file_rows_are_aligned_by_item_token(tiny, tmp_path):
-    _, _, dataset = tiny
+def test_embedding_file_rows_are_aligned_by_item_token(items60, tmp_path):
+    _, _, dataset = items60
     tokens = list(dataset.field2id_token["item_id"][1:])
     order = np.random.default_rng(0).permutation(len(tokens))
     vectors = clustered(n=len(tokens))
@@ -256,3 +240,21 @@ def test_embedding_file_rows_are_aligned_by_item_token(tiny, tmp_path):
     (tmp_path / "ids.txt").write_text("\n".join(tokens[i] for i in order[:-2]))
     with pytest.raises(ValueError, match=r"2 of 60 items have no vector in .*emb\.npy"):
         build_sid_table(config, dataset)
+
+
+def test_cli_builds_a_table_and_logs_its_stats(tiny, capsys, caplog):
+    import logging
+
+    import yaml
+
+    from recbole_mdgr.tokenizer.__main__ import main
+
+    tmp, cfg = tiny
+    conf = tmp / "tiny.yaml"
+    conf.write_text(yaml.safe_dump({k: cfg[k] for k in ("load_col", "sid_text_fields")}))
+    caplog.set_level(logging.INFO)
+    main(["--dataset", "tiny", "--data_path", str(tmp), "--config_files", str(conf),
+          "--quantizer", "opq", "--levels", "2", "--codebook_size", "5"])
+    assert "SIDTable(n_items=41, m=" in capsys.readouterr().out
+    stats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SID table:")]
+    assert stats and "opq 2 x [5, 5]" in stats[0] and "utilisation" in stats[0]

@@ -15,7 +15,7 @@ import logging
 
 from recbole_mdgr.config import Config
 from recbole_mdgr.data import create_dataset
-from recbole_mdgr.tokenizer.build import build_sid_table, format_stats
+from recbole_mdgr.tokenizer.build import build_sid_table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,9 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         config_dict={k: v for k, v in options.items() if v is not None},
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    table = build_sid_table(config, create_dataset(config))
+    table = build_sid_table(config, create_dataset(config))  # logs the stats block
     print(table)
-    print(format_stats(table))
 
 
 if __name__ == "__main__":
