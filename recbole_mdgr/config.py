@@ -42,25 +42,22 @@ class Config(RecBoleConfig):
     """RecBole's ``Config`` that also knows the plugin's models and property files."""
 
     def _get_model_and_dataset(self, model, dataset):
-        if model is None:
-            model = self.external_config_dict.get("model")
-            if model is None:
-                raise KeyError(
-                    "model need to be specified in at least one of the these ways: "
-                    "[model variable, config file, config dict, command line] "
-                )
+        model = self._required("model", model)
         if isinstance(model, str):
             model_class = get_model(model)
         else:
             model_class, model = model, model.__name__
-        if dataset is None:
-            dataset = self.external_config_dict.get("dataset")
-            if dataset is None:
-                raise KeyError(
-                    "dataset need to be specified in at least one of the these ways: "
-                    "[dataset variable, config file, config dict, command line] "
-                )
-        return model, model_class, dataset
+        return model, model_class, self._required("dataset", dataset)
+
+    def _required(self, key: str, value):
+        """``value``, else the one set in a config file, dict or command line (RecBole's order)."""
+        value = self.external_config_dict.get(key) if value is None else value
+        if value is None:
+            raise KeyError(
+                f"{key} need to be specified in at least one of the these ways: "
+                "[model variable, config file, config dict, command line] "
+            )
+        return value
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
