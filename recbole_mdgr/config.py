@@ -54,8 +54,8 @@ class Config(RecBoleConfig):
         value = self.external_config_dict.get(key) if value is None else value
         if value is None:
             raise KeyError(
-                f"{key} need to be specified in at least one of the these ways: "
-                "[model variable, config file, config dict, command line] "
+                f"{key} needs to be given in at least one of these ways: "
+                "[argument, config file, config dict, command line]"
             )
         return value
 
