@@ -6,6 +6,12 @@
 Every other ``--key=value`` is a config override applied to all models (RecBole's
 command-line convention). Each run appends one JSON line (the command, the machine, the
 result dict and timings) to ``--out``; ``--table`` prints the markdown table of a file.
+
+Decoding variants of one trained model, on its test split (e.g. beam search against
+exact scoring of every item)::
+
+    python -m recbole_mdgr.benchmark --checkpoint=saved/TIGER-....pth \
+        --variants="tiger_decode=beam,beam_size=20;tiger_decode=exact"
 """
 
 from __future__ import annotations
@@ -45,13 +51,60 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def parse_variants(text: str) -> list[dict]:
+    """``"a=1,b=x;a=2"`` -> ``[{"a": 1, "b": "x"}, {"a": 2}]`` (values parsed as yaml)."""
+    import yaml
+
+    return [
+        {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in part.split(","))}
+        for part in text.split(";") if part.strip()
+    ]
+
+
+def decode_variants(checkpoint: str, variants: list[dict]) -> list[dict]:
+    """Test results of one checkpoint under each variant of its config (decoding knobs)."""
+    from time import perf_counter
+
+    from recbole_mdgr.compat import load_checkpoint
+    from recbole_mdgr.quick_start import load_data_and_model
+    from recbole_mdgr.utils import get_model, get_trainer
+
+    config, _, _, train_data, _, test_data = load_data_and_model(checkpoint)
+    state = load_checkpoint(checkpoint)["state_dict"]
+    rows = []
+    for variant in variants:
+        for key, value in variant.items():
+            config[key] = value
+        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        model.load_state_dict(state)
+        trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+        start = perf_counter()
+        test = trainer.evaluate(test_data, load_best_model=False)
+        seconds = perf_counter() - start
+        timing = {"fit_seconds": 0.0, "test_seconds": seconds,
+                  "test_ms_per_user": 1000.0 * seconds / len(test_data.dataset)}
+        result = {"test_result": dict(test), "timing": timing,
+                  "test_decode": dict(trainer.decode_summary)}
+        rows.append({"model": ", ".join(f"{k}={v}" for k, v in variant.items()),
+                     "checkpoint": checkpoint, "machine": machine(), "result": result})
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="SASRec,BERT4Rec,TIGER")
     parser.add_argument("--dataset", default="ml-100k")
     parser.add_argument("--out", default="benchmark.jsonl")
     parser.add_argument("--table", action="store_true", help="print the table of --out")
+    parser.add_argument("--checkpoint", default=None, help="compare decoding variants of it")
+    parser.add_argument("--variants", default="", help='"key=v,key=v;key=v" config variants')
     args, overrides = parser.parse_known_args(argv)
+    if args.checkpoint:
+        rows = decode_variants(args.checkpoint, parse_variants(args.variants))
+        with open(args.out, "a") as f:
+            f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
+        print(table(rows))
+        return
     if args.table:
         with open(args.out) as f:
             print(table([json.loads(line) for line in f if line.strip()]))

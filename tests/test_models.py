@@ -42,3 +42,17 @@ def test_model_trains_evaluates_and_reloads_to_identical_metrics(tiny, model, ca
     state["sid_codes"] = state["sid_codes"][[0, 2, 1, *range(3, len(state["sid_codes"]))]]
     with pytest.raises(ValueError, match="different SID table"):
         net.load_state_dict(state)
+
+
+def test_tiger_beams_as_wide_as_the_catalogue_give_exact_scorings_metrics(tiny):
+    from recbole_mdgr.benchmark import decode_variants, parse_variants
+
+    tmp, cfg = tiny
+    run_recbole_mdgr("TIGER", "tiny", config_dict={**cfg, **TINY["TIGER"]})
+    (saved,) = [f for f in os.listdir(tmp / "saved") if f.startswith("TIGER-")]
+    variants = parse_variants("tiger_decode=beam,beam_size=64;tiger_decode=exact")
+    assert variants[0] == {"tiger_decode": "beam", "beam_size": 64}
+    beam, exact = decode_variants(str(tmp / "saved" / saved), variants)
+    assert beam["result"]["test_result"] == exact["result"]["test_result"]
+    assert beam["result"]["test_decode"]["nfe_per_user"] == 3  # 2 levels + dedup token
+    assert beam["result"]["test_decode"]["invalid_sid_share"] == 0.0
