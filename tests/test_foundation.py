@@ -109,3 +109,19 @@ def test_bert4rec_runs_through_the_plugin_runner(tiny):
 def test_missing_checkpoint_file_is_named():
     with pytest.raises(FileNotFoundError, match="no-such.pth"):
         load_checkpoint("no-such.pth")
+
+
+def test_dataset_neither_on_disk_nor_downloadable_says_where_to_put_it(tiny, monkeypatch):
+    from urllib.error import URLError
+
+    from recbole_mdgr.data import create_dataset
+
+    tmp, cfg = tiny
+
+    def offline(url, folder):
+        raise URLError("offline")
+
+    monkeypatch.setattr("recbole.data.dataset.dataset.download_url", offline)
+    config = Config("SASRec", "amazon-beauty", config_dict={**cfg, "data_path": str(tmp / "none")})
+    with pytest.raises(RuntimeError, match="pass --data_path=<folder that holds amazon-beauty/>"):
+        create_dataset(config)

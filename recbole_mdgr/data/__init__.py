@@ -1,5 +1,7 @@
 """SID-aware data: dataset creation for plugin models, RecBole's otherwise."""
 
+from urllib.error import URLError
+
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
 
@@ -12,8 +14,21 @@ def create_dataset(config):
 
     Unlike RecBole's ``create_dataset`` it never reads a pickled dataset from
     ``checkpoint_dir``: the SID table has its own content-hashed cache, and a stale
-    pickle would carry a stale table.
+    pickle would carry a stale table. A dataset that is neither on disk nor downloadable
+    fails with a message that says where it was looked for.
     """
+    try:
+        return _create_dataset(config)
+    except URLError as err:
+        name = config["dataset"]
+        raise RuntimeError(
+            f"dataset '{name}' is not in {config['data_path']} and could not be downloaded "
+            f"({err.reason}): put its atomic files there, or pass "
+            f"--data_path=<folder that holds {name}/>"
+        ) from err
+
+
+def _create_dataset(config):
     if is_generative(get_model(config["model"])):
         dataset = SIDSequentialDataset(config)
         if config["save_dataset"]:
