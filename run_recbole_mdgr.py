@@ -1,17 +1,21 @@
 """Train and evaluate a model with RecBole's flags: plugin models (MDGR, MADRec, TIGER)
 or any RecBole model (SASRec, BERT4Rec, ...).
 
-    python run_recbole_mdgr.py --model=TIGER --dataset=ml-100k --epochs=5
+    python run_recbole_mdgr.py                      # quick start: TIGER on ml-100k, minutes
+    python run_recbole_mdgr.py --model=TIGER --dataset=ml-100k
     python run_recbole_mdgr.py --model=SASRec --dataset=amazon-beauty --data_path=../shared/datasets
 
 Any other ``--key=value`` overrides a config key, as in RecBole.
 """
 
 import argparse
+import os
+import sys
 
+from recbole_mdgr.config import properties_dir
 from recbole_mdgr.quick_start import run
 
-DEFAULT_MODEL = "TIGER"
+DEFAULT_MODEL = "TIGER"  # MDGR once it lands
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -28,5 +32,9 @@ if __name__ == "__main__":
     args, _ = parser.parse_known_args()
 
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    if len(sys.argv) == 1:
+        config_file_list = [os.path.join(properties_dir(), "quick_start.yaml")]
+        print(f"No arguments: quick start, {args.model} on {args.dataset} with "
+              f"{config_file_list[0]} (pass any flag for the full-size defaults)")
     run(args.model, args.dataset, config_file_list=config_file_list, nproc=args.nproc,
         world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
