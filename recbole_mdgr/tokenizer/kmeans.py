@@ -50,7 +50,9 @@ def kmeans(x: np.ndarray, k: int, iters: int, seed: int) -> tuple[np.ndarray, np
             f"codebook size {k} is larger than the {n} items to quantize: "
             "lower sid_codebook_size"
         )
-    km = faiss.Kmeans(d, k, niter=iters, seed=seed, verbose=False, max_points_per_centroid=n)
+    # few points per centroid is expected here (12k items, 256 codes): no faiss warning
+    km = faiss.Kmeans(d, k, niter=iters, seed=seed, verbose=False, max_points_per_centroid=n,
+                      min_points_per_centroid=1)
     km.train(x)
     _, assign = km.index.search(x, 1)
     return km.centroids.copy(), assign[:, 0].astype(np.int64)
