@@ -125,3 +125,23 @@ def test_dataset_neither_on_disk_nor_downloadable_says_where_to_put_it(tiny, mon
     config = Config("SASRec", "amazon-beauty", config_dict={**cfg, "data_path": str(tmp / "none")})
     with pytest.raises(RuntimeError, match="pass --data_path=<folder that holds amazon-beauty/>"):
         create_dataset(config)
+
+
+def test_objective_function_runs_without_importing_ray(tiny):
+    import subprocess
+    import sys
+
+    tmp, cfg = tiny
+    # a fresh interpreter: other tests may have imported ray through RecBole
+    code = (
+        "import sys; from recbole_mdgr.quick_start import objective_function; "
+        f"r = objective_function(config_dict={{**{cfg!r}, 'model': 'SASRec', "
+        "'dataset': 'tiny'}); "
+        "assert set(r) == {'model', 'best_valid_score', 'valid_score_bigger', "
+        "'best_valid_result', 'test_result'}, r; "
+        "assert r['model'] == 'SASRec'; "
+        "assert 'ray' not in sys.modules, 'ray was imported'; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
