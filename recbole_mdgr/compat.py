@@ -9,6 +9,9 @@
   so ``ray`` is loaded only when hyper-parameter tuning is asked for.
 - numpy >= 2, pandas >= 3 and setuptools >= 81 break RecBole 1.2.1 (or ray) at run time;
   ``setup.py`` pins them below those versions, and :func:`check_versions` says so clearly.
+- RecBole 1.2.1's metrics use ``np.float`` (gone since numpy 1.24); RecBole restores the
+  alias only when a ``Config`` is constructed, which a reloaded checkpoint never does.
+  :func:`load_checkpoint` restores it too.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ def load_checkpoint(path: str, map_location=None) -> dict:
     """Load a RecBole-format checkpoint written by this machine's own training runs."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    # the pickled Config skipped its __init__, which is where RecBole sets numpy's aliases
+    checkpoint["config"].compatibility_settings()
+    return checkpoint
 
 
 def check_versions() -> None:

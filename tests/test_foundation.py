@@ -99,6 +99,22 @@ def test_sasrec_trains_saves_and_reloads_to_identical_metrics(tiny):
     trainer.resume_checkpoint(path)
     assert trainer.start_epoch == load_checkpoint(path)["epoch"] + 1
 
+    # and in a fresh interpreter, where no Config was ever constructed
+    import subprocess
+    import sys
+
+    code = (
+        "from recbole_mdgr.quick_start import load_data_and_model; "
+        "from recbole_mdgr.utils import get_trainer; "
+        f"c, m, d, tr, va, te = load_data_and_model({path!r}); "
+        "r = get_trainer(c['MODEL_TYPE'], c['model'])(c, m).evaluate(te, load_best_model=False); "
+        "print(dict(r))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == str(dict(result["test_result"]))
+
 
 def test_bert4rec_runs_through_the_plugin_runner(tiny):
     tmp, cfg = tiny
