@@ -65,12 +65,11 @@ def decode_variants(checkpoint: str, variants: list[dict]) -> list[dict]:
     """Test results of one checkpoint under each variant of its config (decoding knobs)."""
     from time import perf_counter
 
-    from recbole_mdgr.compat import load_checkpoint
     from recbole_mdgr.quick_start import load_data_and_model
     from recbole_mdgr.utils import get_model, get_trainer
 
-    config, _, _, train_data, _, test_data = load_data_and_model(checkpoint)
-    state = load_checkpoint(checkpoint)["state_dict"]
+    config, trained, _, train_data, _, test_data = load_data_and_model(checkpoint)
+    state = trained.state_dict()
     rows = []
     for variant in variants:
         for key, value in variant.items():

@@ -72,12 +72,6 @@ class GenerativeTrainer(CheckpointCompatMixin, Trainer):
         super().__init__(config, model)
         check_topk_metrics(config["metrics"])
         self.max_k = max(config["topk"])
-        beam = config["beam_size"]
-        if beam is not None and beam < self.max_k:
-            self.logger.warning(
-                f"beam_size={beam} < max topk={self.max_k}: top-{self.max_k} lists are "
-                "padded with misses"
-            )
         self.decode_summary: dict = {}
 
     @torch.no_grad()

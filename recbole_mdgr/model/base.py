@@ -76,6 +76,12 @@ class GenerativeRecommender(SequentialRecommender):
         self.ITEM_SEQ_SID = self.ITEM_SEQ + SID_SUFFIX
         self.POS_ITEM_SID = self.POS_ITEM_ID + SID_SUFFIX
         self.topk = max(config["topk"]) if isinstance(config["topk"], list) else config["topk"]
+        beam = config["beam_size"]
+        if beam is not None and beam < self.topk:
+            self.logger.warning(
+                f"beam_size={beam} < largest topk={self.topk}: lists are padded with misses "
+                "beyond the beam width"
+            )
         self.decode_stats = DecodeStats()
 
     def _apply(self, fn, recurse=True):

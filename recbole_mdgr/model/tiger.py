@@ -64,11 +64,6 @@ class TIGER(GenerativeRecommender):
             raise ValueError(
                 f"tiger_decode must be one of {DECODE_MODES}, got {self.decode_mode!r}"
             )
-        if self.beam_size < self.topk:
-            self.logger.warning(
-                f"beam_size={self.beam_size} < largest topk={self.topk}: lists are padded "
-                "with misses beyond the beam width"
-            )
 
         # define layers
         m, d = self.sid_len, self.hidden_size
