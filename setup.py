@@ -14,7 +14,7 @@ setup(
     packages=find_packages(include=["recbole_mdgr", "recbole_mdgr.*"]) + ["recbole_mdgr.properties"],
     # the yaml files live at the top of the repo and install inside the package
     package_dir={"recbole_mdgr.properties": "properties"},
-    package_data={"recbole_mdgr.properties": ["*.yaml", "model/*.yaml", "dataset/*.yaml"]},
+    package_data={"recbole_mdgr.properties": ["*.yaml", "model/*.yaml", "dataset/*.yaml", "preset/*.yaml"]},
     py_modules=[],
     install_requires=[
         "recbole==1.2.1",

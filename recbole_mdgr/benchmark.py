@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 import torch
 
@@ -33,6 +34,17 @@ def machine() -> str:
     return (f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, no GPU" if not torch.cuda.is_available()
             else f"{os.cpu_count()} cores, GPU {torch.cuda.get_device_name()}")
+
+
+def commit() -> str | None:
+    """The git commit of the code that runs (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(__file__), check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def table(rows: list[dict]) -> str:
@@ -117,7 +129,8 @@ def main(argv=None) -> None:
     for model in args.models.split(","):
         result = run_recbole_mdgr(model=model, dataset=args.dataset)
         row = {"model": model, "dataset": args.dataset, "command": command,
-               "machine": machine(), "result": json.loads(json.dumps(result, default=float))}
+               "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+               "result": json.loads(json.dumps(result, default=float))}
         with open(args.out, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(table([row]))

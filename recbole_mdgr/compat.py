@@ -85,19 +85,3 @@ class CheckpointCompatMixin:
         return super().evaluate(
             eval_data, load_best_model=False, model_file=model_file, show_progress=show_progress
         )
-
-
-_compat_classes: dict[type, type] = {}
-
-
-def compat_trainer(trainer_class: type) -> type:
-    """``trainer_class`` with :class:`CheckpointCompatMixin` mixed in (cached per class)."""
-    from recbole.trainer import Trainer
-
-    if not issubclass(trainer_class, Trainer) or issubclass(trainer_class, CheckpointCompatMixin):
-        return trainer_class
-    if trainer_class not in _compat_classes:
-        _compat_classes[trainer_class] = type(
-            trainer_class.__name__, (CheckpointCompatMixin, trainer_class), {}
-        )
-    return _compat_classes[trainer_class]

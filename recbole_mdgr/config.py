@@ -3,7 +3,11 @@
 Layering, low to high (later wins):
 RecBole's own defaults (``overall.yaml``, its model/dataset yamls, ``quick_start_config``)
 < ``properties/overall.yaml`` < ``properties/model/<Model>.yaml``
-< ``properties/dataset/<dataset>.yaml`` < ``--config_files`` < ``config_dict`` < command line.
+< ``properties/dataset/<dataset>.yaml`` < ``properties/preset/<preset>.yaml``
+< ``--config_files`` < ``config_dict`` < command line.
+
+A preset (``--preset=TIGER-cpu``) is a named yaml shipped with the package, so a user can
+ask for it without knowing where the package is installed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,20 @@ def properties_dir() -> str:
         "recbole_mdgr's properties/overall.yaml is missing: reinstall the package "
         "(pip install .) from a complete checkout"
     )
+
+
+def available_presets() -> list[str]:
+    folder = os.path.join(properties_dir(), "preset")
+    return sorted(f[: -len(".yaml")] for f in os.listdir(folder) if f.endswith(".yaml"))
+
+
+def preset_file(name: str) -> str:
+    """Path of the shipped preset ``name``; a clear error listing the presets otherwise."""
+    path = os.path.join(properties_dir(), "preset", f"{name}.yaml")
+    if not os.path.isfile(path):
+        raise ValueError(f"unknown preset {name!r}; available presets: "
+                         f"{', '.join(available_presets())}")
+    return path
 
 
 def plugin_yaml_files(model: str, dataset: str) -> list[str]:
@@ -68,3 +86,6 @@ class Config(RecBoleConfig):
                 self.parameters["Dataset"] += [
                     k for k in loaded if k not in self.parameters["Dataset"]
                 ]
+        preset = self.external_config_dict.get("preset")
+        if preset:
+            self._update_internal_config_dict(preset_file(preset))

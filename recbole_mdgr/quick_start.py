@@ -98,6 +98,10 @@ def run_recbole_mdgr(
             "test_ms_per_user": 1000.0 * test_seconds / max(len(test_data.dataset), 1),
         },
     }
+    if getattr(trainer, "training_summary", None):
+        result["training"] = dict(trainer.training_summary)
+        logger.info(set_color("training", "yellow") + ": " + ", ".join(
+            f"{k}={v}" for k, v in result["training"].items() if k != "valid_curve"))
     if getattr(trainer, "decode_summary", None):
         result["test_decode"] = dict(trainer.decode_summary)
     if not config["single_spec"]:

@@ -19,6 +19,7 @@ from recbole.evaluator.register import metric_information
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
+from recbole_mdgr.budget import TimeBudgetMixin
 from recbole_mdgr.compat import CheckpointCompatMixin
 
 # what a top-K list can feed; other needs (full score matrix, labels) cannot be met
@@ -60,7 +61,7 @@ def check_topk_metrics(metrics) -> None:
         )
 
 
-class GenerativeTrainer(CheckpointCompatMixin, Trainer):
+class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, Trainer):
     """RecBole's ``Trainer`` whose full-sort evaluation calls ``model.generate``.
 
     Training, early stopping, checkpoints and result dicts are RecBole's. Each evaluation

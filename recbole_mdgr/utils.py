@@ -10,7 +10,8 @@ import recbole
 from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
-from recbole_mdgr.compat import compat_trainer
+from recbole_mdgr.budget import TimeBudgetMixin
+from recbole_mdgr.compat import CheckpointCompatMixin
 
 PLUGIN_MODELS = ("TIGER", "MADRec", "MDGR")
 
@@ -51,10 +52,31 @@ def is_generative(model_class) -> bool:
     return bool(getattr(model_class, "is_generative", False))
 
 
+_trainer_classes: dict[type, type] = {}
+
+
+def plugin_trainer(trainer_class: type) -> type:
+    """RecBole's ``trainer_class`` with the plugin's mixins (cached per class).
+
+    :class:`~recbole_mdgr.budget.TimeBudgetMixin` (``train_time_budget``, the result dict's
+    ``training``) and :class:`~recbole_mdgr.compat.CheckpointCompatMixin` (torch >= 2.6
+    checkpoint reload), so RecBole's models run under the same rules as the plugin's.
+    """
+    from recbole.trainer import Trainer
+
+    if not issubclass(trainer_class, Trainer) or issubclass(trainer_class, TimeBudgetMixin):
+        return trainer_class
+    if trainer_class not in _trainer_classes:
+        _trainer_classes[trainer_class] = type(
+            trainer_class.__name__, (TimeBudgetMixin, CheckpointCompatMixin, trainer_class), {}
+        )
+    return _trainer_classes[trainer_class]
+
+
 def get_trainer(model_type, model_name: str):
-    """``GenerativeTrainer`` for SID models; RecBole's trainer (checkpoint-safe) otherwise."""
+    """``GenerativeTrainer`` for SID models; RecBole's trainer (with our mixins) otherwise."""
     if is_generative(get_model(model_name)):
         from recbole_mdgr.trainer import GenerativeTrainer
 
         return GenerativeTrainer
-    return compat_trainer(recbole_get_trainer(model_type, model_name))
+    return plugin_trainer(recbole_get_trainer(model_type, model_name))

@@ -43,6 +43,9 @@ def make_config(**overrides):
         "head_dim": 16,
         "inner_size": 64,
         "dropout_prob": 0.0,
+        "attn_dropout_prob": 0.0,
+        "ffn_dropout_prob": 0.0,
+        "hidden_act": "relu",
         "initializer_range": 0.2,  # large: a random model with well-separated scores
         "beam_size": 10,
         "sid_constrained": True,

@@ -19,7 +19,13 @@ from recbole_mdgr.model.decoding import (
     left_to_right_beam_search,
     top_k_items,
 )
-from recbole_mdgr.model.layers import KVCache, Transformer, encode_by_length
+from recbole_mdgr.model.layers import (
+    Dropout,
+    KVCache,
+    Transformer,
+    encode_by_length,
+    length_buckets,
+)
 
 DECODE_MODES = ("beam", "exact")
 
@@ -54,6 +60,9 @@ class TIGER(GenerativeRecommender):
         self.head_dim = config["head_dim"]
         self.inner_size = config["inner_size"]
         self.dropout_prob = config["dropout_prob"]
+        self.attn_dropout_prob = config["attn_dropout_prob"] or 0.0
+        self.ffn_dropout_prob = config["ffn_dropout_prob"] or 0.0
+        self.hidden_act = config["hidden_act"] or "relu"
         self.initializer_range = config["initializer_range"]
         self.beam_size = config["beam_size"]
         self.sid_constrained = config["sid_constrained"]
@@ -74,11 +83,13 @@ class TIGER(GenerativeRecommender):
         self.recency_embedding = nn.Embedding(self.max_seq_length, d)
         self.slot_embedding = nn.Embedding(m, d)
         self.decoder_position_embedding = nn.Embedding(m, d)
-        stack = (d, self.n_heads, self.head_dim, self.inner_size, self.dropout_prob)
-        self.encoder = Transformer(self.n_layers_enc, *stack)
-        self.decoder = Transformer(self.n_layers_dec, *stack, cross_attention=True)
+        stack = (d, self.n_heads, self.head_dim, self.inner_size, self.dropout_prob,
+                 self.attn_dropout_prob, self.ffn_dropout_prob)
+        self.encoder = Transformer(self.n_layers_enc, *stack, activation=self.hidden_act)
+        self.decoder = Transformer(self.n_layers_dec, *stack, cross_attention=True,
+                                   activation=self.hidden_act)
         self.heads = nn.ModuleList(nn.Linear(d, v) for v in self.sid_vocab_sizes)
-        self.dropout = nn.Dropout(self.dropout_prob)
+        self.dropout = Dropout(self.dropout_prob)
 
         # parameters initialization
         self.apply(self._init_weights)
@@ -89,11 +100,10 @@ class TIGER(GenerativeRecommender):
         if isinstance(module, nn.Linear) and module.bias is not None:
             module.bias.data.zero_()
 
-    def encode(self, item_seq_sid, item_seq_len):
-        """History SIDs ``[B, L, m]`` (-1 = pad) -> memory ``[B, S, d]``, mask ``[B, S]``.
+    def embed_history(self, item_seq_sid, item_seq_len):
+        """History SIDs ``[B, L, m]`` (-1 = pad) -> inputs ``[B, S, d]``, real tokens ``[B, S]``.
 
-        Users are encoded in ``encoder_buckets`` groups of similar history length, each cut
-        to its longest history: padding costs no encoder compute.
+        ``S = L * m`` with L trimmed to the batch's longest history; embeddings dropped out.
         """
         L = int(item_seq_len.max())
         sid = item_seq_sid[:, :L]  # (B, L, m)
@@ -105,10 +115,18 @@ class TIGER(GenerativeRecommender):
             + self.recency_embedding(recency).repeat_interleave(self.sid_len, 1)
             + self.slot_embedding.weight.repeat(L, 1)
         )  # (B, L*m, d)
-        memory = encode_by_length(
-            self.encoder, self.dropout(x), item_seq_len * self.sid_len, self.encoder_buckets
-        )
-        return memory, tokens > 0
+        return self.dropout(x), tokens > 0
+
+    def encode(self, item_seq_sid, item_seq_len):
+        """History SIDs ``[B, L, m]`` -> memory ``[B, S, d]``, mask ``[B, S]``.
+
+        Users are encoded in ``encoder_buckets`` groups of similar history length, each cut
+        to its longest history: padding costs no encoder compute.
+        """
+        x, mask = self.embed_history(item_seq_sid, item_seq_len)
+        memory = encode_by_length(self.encoder, x, item_seq_len * self.sid_len,
+                                  self.encoder_buckets)
+        return memory, mask
 
     def decode(self, tokens, memory, memory_mask, cache: KVCache | None = None):
         """Decoder tokens ``[N, T]`` (N = B * beams) -> hidden ``[N, T, d]``, causal."""
@@ -132,9 +150,20 @@ class TIGER(GenerativeRecommender):
         return torch.stack(out, 1)
 
     def forward(self, item_seq_sid, item_seq_len, target_sid):
-        """Teacher-forced logits ``[B, m, max_vocab]`` of the target SIDs ``[B, m]``."""
-        memory, mask = self.encode(item_seq_sid, item_seq_len)
-        return self.logits(self.decode(self.decoder_inputs(target_sid), memory, mask))
+        """Teacher-forced logits ``[B, m, max_vocab]`` of the target SIDs ``[B, m]``.
+
+        Encoder and decoder run per ``encoder_buckets`` group of similar history length, so
+        the decoder's cross-attention (its keys/values are projected from every memory
+        position, in every layer) never touches another group's padding either.
+        """
+        x, _ = self.embed_history(item_seq_sid, item_seq_len)
+        inputs = self.decoder_inputs(target_sid)  # (B, m)
+        hidden = x.new_empty(inputs.shape[0], self.sid_len, self.hidden_size)
+        lengths = item_seq_len * self.sid_len
+        for rows, key_mask in length_buckets(lengths, self.encoder_buckets):
+            memory = self.encoder(x[rows, : key_mask.shape[1]], key_mask=key_mask)
+            hidden[rows] = self.decode(inputs[rows], memory, key_mask)
+        return self.logits(hidden)
 
     def calculate_loss(self, interaction):
         target = interaction[self.POS_ITEM_SID]  # (B, m)
