@@ -82,9 +82,10 @@ def decode_variants(checkpoint: str, variants: list[dict]) -> list[dict]:
 
     config, trained, _, train_data, _, test_data = load_data_and_model(checkpoint)
     state = trained.state_dict()
+    saved = {key: config[key] for variant in variants for key in variant}
     rows = []
-    for variant in variants:
-        for key, value in variant.items():
+    for variant in variants:  # each from the checkpoint's own config, not the previous one's
+        for key, value in {**saved, **variant}.items():
             config[key] = value
         model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
         model.load_state_dict(state)
@@ -101,6 +102,30 @@ def decode_variants(checkpoint: str, variants: list[dict]) -> list[dict]:
     return rows
 
 
+def throughput_main(args, overrides: list[str]) -> None:
+    """``--throughput``: print the throughput table of ``--models`` (and ``--stack``)."""
+    from recbole_mdgr.throughput import matmul_peak, model_throughput, report, stack_throughput
+
+    config = {k.lstrip("-"): yaml_value(v) for k, v in (o.split("=", 1) for o in overrides)}
+    print(machine())
+    peak = matmul_peak()
+    rows = []
+    for model in [m for m in args.models.split(",") if m]:
+        rows.append(model_throughput(model, args.dataset, config, steps=args.steps))
+        print(f"{model}: {rows[-1]['seconds_per_step']:.3f} s/step", flush=True)
+    if args.stack:
+        for dropouts in ({"dropout": 0.25}, {"dropout": 0.25, "attn_dropout": 0.25,
+                                               "ffn_dropout": 0.25}, {}):
+            rows.append(stack_throughput(steps=max(3, args.steps // 2), **dropouts))
+    print(report(rows, peak))
+
+
+def yaml_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="SASRec,BERT4Rec,TIGER")
@@ -109,7 +134,15 @@ def main(argv=None) -> None:
     parser.add_argument("--table", action="store_true", help="print the table of --out")
     parser.add_argument("--checkpoint", default=None, help="compare decoding variants of it")
     parser.add_argument("--variants", default="", help='"key=v,key=v;key=v" config variants')
+    parser.add_argument("--throughput", action="store_true",
+                        help="training tokens/s, GFLOP/s vs the matmul peak, inference users/s")
+    parser.add_argument("--stack", action="store_true",
+                        help="with --throughput: also a MADRec-shaped encoder-only stack")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps for --throughput")
     args, overrides = parser.parse_known_args(argv)
+    if args.throughput:
+        throughput_main(args, overrides)
+        return
     if args.checkpoint:
         rows = decode_variants(args.checkpoint, parse_variants(args.variants))
         with open(args.out, "a") as f:

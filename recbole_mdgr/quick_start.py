@@ -21,7 +21,8 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_mdgr.compat import check_versions, load_checkpoint
 from recbole_mdgr.config import Config
 from recbole_mdgr.data import create_dataset, data_preparation
-from recbole_mdgr.utils import get_model, get_trainer
+from recbole_mdgr.trainer import check_topk_metrics
+from recbole_mdgr.utils import get_model, get_trainer, is_generative
 
 
 def _build(config):
@@ -59,6 +60,8 @@ def run_recbole_mdgr(
     config = Config(
         model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
     )
+    if is_generative(get_model(config["model"])):
+        check_topk_metrics(config["metrics"])  # before any data is read
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

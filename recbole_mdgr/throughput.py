@@ -1,7 +1,7 @@
 """Training and inference throughput of a model on a dataset, against this machine's peak.
 
-    python -m recbole_mdgr.benchmark --throughput --models=TIGER,SASRec \\
-        --dataset=amazon-beauty --data_path=../shared/datasets
+    python -m recbole_mdgr.benchmark --throughput --stack --models=TIGER,SASRec \\
+        --dataset=amazon-beauty --data_path=../shared/datasets [--key=value ...]
 
 For each model: the fp32 matmul peak measured in the same process (best of several square
 matmuls), then real training steps on the dataset's own batches (optimizer included):
@@ -145,7 +145,7 @@ def stack_throughput(n_layers: int = 8, d_model: int = 128, n_heads: int = 8,
     flops = step_flops(step)
     seconds = time_steps(step, steps)
     return {"model": f"encoder stack {n_layers}x{d_model}, FFN {inner_size}, "
-                     f"{batch}x{tokens} tokens, {dropouts or 'default dropout'}",
+                     f"{batch}x{tokens} tokens, dropout {dropouts or 'none'}",
             "seconds_per_step": seconds, "tokens_per_s": batch * tokens / seconds,
             "gflops_per_s": flops / seconds / 1e9, "gflop_per_step": flops / 1e9}
 

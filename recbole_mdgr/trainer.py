@@ -2,9 +2,14 @@
 
 RecBole's ``Trainer`` ranks a ``[B, n_items]`` score matrix. A generative model produces
 top-K lists directly, so :func:`feed_topk` writes exactly what RecBole's ``Collector``
-would have written for those lists (``rec.topk``: hit flags + number of positives;
-``rec.items``: the item ids) and RecBole's metric classes do the rest. No score matrix is
-built on this path. Pads (item 0) never match a positive item, so they count as misses.
+would have written for those lists (``rec.topk``: hit flags + number of positives) and
+RecBole's metric classes do the rest. No score matrix is built on this path. Pads (item 0)
+never match a positive item, so they count as misses.
+
+Metrics that read ``rec.items`` (ItemCoverage, GiniIndex, ShannonEntropy,
+AveragePopularity, TailPercentage) are refused: they would count the pad item 0 as a
+recommended item, and in RecBole 1.2.1 the non-accuracy ones crash in the collector after
+the first training epoch.
 """
 
 from __future__ import annotations
@@ -15,16 +20,17 @@ import torch
 from tqdm import tqdm
 
 from recbole.data.dataloader import FullSortEvalDataLoader
+from recbole.data.interaction import Interaction
 from recbole.evaluator.register import metric_information
 from recbole.trainer import Trainer
 from recbole.utils import set_color
 
 from recbole_mdgr.budget import TimeBudgetMixin
 from recbole_mdgr.compat import CheckpointCompatMixin
+from recbole_mdgr.data.dataset import SID_SUFFIX
 
-# what a top-K list can feed; other needs (full score matrix, labels) cannot be met
-TOPK_NEEDS = {"rec.topk", "rec.items", "data.num_items", "data.num_users",
-              "data.count_items", "data.count_users"}
+# what a top-K list can feed; other needs (full score matrix, labels, item lists) are refused
+TOPK_NEEDS = {"rec.topk", "data.num_items", "data.num_users"}
 
 
 def feed_topk(collector, items: torch.Tensor, positive_u: torch.Tensor,
@@ -41,8 +47,14 @@ def feed_topk(collector, items: torch.Tensor, positive_u: torch.Tensor,
     device = collector.device
     items = items.to(device)
     positive_u, positive_i = positive_u.to(device), positive_i.to(device)
-    if collector.register.need("rec.items"):
-        collector.data_struct.update_tensor("rec.items", items)
+    ordered = items.sort(1).values
+    dup = ((ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] > 0)).any(1)
+    if bool(dup.any()):
+        rows = dup.nonzero().flatten()[:5].tolist()
+        raise ValueError(
+            f"a top-K list holds the same item twice (batch rows {rows}); duplicates would "
+            "push Recall/NDCG above what the list earns: generate must return each item once"
+        )
     if collector.register.need("rec.topk"):
         hits = (items[positive_u] == positive_i.unsqueeze(1)).int()  # [P, K]
         pos_idx = torch.zeros_like(items, dtype=torch.int).index_add_(0, positive_u, hits)
@@ -51,13 +63,15 @@ def feed_topk(collector, items: torch.Tensor, positive_u: torch.Tensor,
 
 
 def check_topk_metrics(metrics) -> None:
-    """Refuse, by name, the metrics a top-K list cannot compute (AUC, GAUC, LogLoss, ...)."""
+    """Refuse, by name, the metrics a top-K list cannot feed (AUC, LogLoss, ItemCoverage...)."""
     bad = [m for m in metrics if set(metric_information[m.lower()]) - TOPK_NEEDS]
     if bad:
         raise ValueError(
-            f"metrics {bad} need a full score matrix or labels; generative models produce "
-            "top-K lists. Use top-K metrics (Recall, NDCG, MRR, Hit, Precision, MAP, "
-            "ItemCoverage, ...) in `metrics`."
+            f"metrics {bad} cannot be computed for generative models: they need a full score "
+            "matrix or labels (AUC, GAUC, LogLoss, ...) or RecBole's recommended-item lists "
+            "(ItemCoverage, GiniIndex, ShannonEntropy, AveragePopularity, TailPercentage), "
+            "which count the pad item and crash in RecBole 1.2.1. Use Recall, NDCG, MRR, Hit, "
+            "Precision or MAP in `metrics`."
         )
 
 
@@ -74,6 +88,13 @@ class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, Trainer):
         check_topk_metrics(config["metrics"])
         self.max_k = max(config["topk"])
         self.decode_summary: dict = {}
+
+    def _without_targets(self, interaction: Interaction) -> Interaction:
+        """The batch ``generate`` sees: every field but the answer (target item and its SID),
+        so no model can read it, even by reusing a teacher-forced forward."""
+        target = self.model.POS_ITEM_ID
+        hidden = {target, target + SID_SUFFIX}
+        return Interaction({k: v for k, v in interaction.interaction.items() if k not in hidden})
 
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
@@ -95,8 +116,9 @@ class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, Trainer):
         num_sample = 0
         for interaction, _, positive_u, positive_i in iter_data:
             num_sample += len(interaction)
+            interaction = self._without_targets(interaction).to(self.device)
             start = perf_counter()
-            items, scores = self.model.generate(interaction.to(self.device), self.max_k)
+            items, scores = self.model.generate(interaction, self.max_k)
             stats.seconds += perf_counter() - start
             if items.shape != (len(interaction), self.max_k):
                 raise RuntimeError(
@@ -108,6 +130,7 @@ class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, Trainer):
         result = self.evaluator.evaluate(struct)
         if not self.config["single_spec"]:
             result = self._map_reduce(result, num_sample)
+            stats.sum_over_processes()
         self.decode_summary = {**stats.summary(), "beam_size": self.config["beam_size"]}
         self.logger.info(
             set_color("decode", "blue") + ": "

@@ -149,3 +149,47 @@ def test_width_beyond_valid_continuations_yields_no_garbage_beams():
     items, _, generated, invalid = finish_beams(table, sids, scores, k=5)
     assert generated == 6 and invalid == 0
     assert sorted(items[0, :3].tolist()) == [1, 2, 3] and (items[:, 3:] == 0).all()
+
+
+def reference_beam_search(log_probs, table, width):
+    """Textbook constrained beam search in plain Python: at each position keep the ``width``
+    best valid prefixes by summed log-probability."""
+    codes = [tuple(c) for c in table.codes[1:].tolist()]
+    beams = [((), 0.0)]
+    for j in range(table.m):
+        valid = {c[: j + 1] for c in codes}
+        cands = [(p + (t,), s + float(log_probs(p)[t]))
+                 for p, s in beams for t in range(table.vocab_sizes[j]) if p + (t,) in valid]
+        beams = sorted(cands, key=lambda c: -c[1])[:width]
+    return beams
+
+
+@pytest.mark.parametrize("width", [1, 3, 7])
+def test_narrow_search_equals_a_reference_beam_search(width):
+    """Width below the number of candidates: pruning itself is checked, not only ranking."""
+    table = build_table(np.random.default_rng(2).integers(0, 5, (60, 2)), [5, 5], "always")
+    B = 4
+    model = PrefixModel(table.vocab_sizes, B, seed=1)
+    sids, scores = left_to_right_beam_search(model, table, B, width=width)
+    assert sids.shape == (B, width, table.m)
+    for b in range(B):
+        want = reference_beam_search(lambda p: model.log_probs(b, p), table, width)
+        assert [tuple(s) for s in sids[b].tolist()] == [p for p, _ in want]
+        torch.testing.assert_close(scores[b], torch.tensor([s for _, s in want]))
+
+
+def test_finish_beams_keeps_the_best_beam_of_each_repeated_item():
+    table = build_table(np.array([[i, j] for i in range(4) for j in range(4)]), [4, 4], "none")
+    gen = torch.Generator().manual_seed(0)
+    B, W = 3, 40
+    sids = torch.randint(0, 4, (B, W, 2), generator=gen)  # 16 items: many repeats
+    scores = torch.randn(B, W, generator=gen)
+    items, top, _, _ = finish_beams(table, sids, scores, k=16)
+    for b in range(B):
+        best = {}
+        for sid, s in zip(sids[b].tolist(), scores[b].tolist()):
+            item = table.items_of(torch.tensor([sid])).item()
+            best[item] = max(best.get(item, NEG_INF), s)
+        ranking = sorted(best, key=best.get, reverse=True)
+        assert items[b, : len(ranking)].tolist() == ranking
+        torch.testing.assert_close(top[b, : len(ranking)], torch.tensor([best[i] for i in ranking]))

@@ -45,16 +45,26 @@ def test_each_config_layer_overrides_the_ones_below(tiny, monkeypatch):
     assert config["n_heads"] == 2
 
 
-def test_shipped_overall_yaml_sets_the_evaluation_protocol(tiny):
+def test_shipped_protocol_is_leave_one_out_in_time_order(tiny):
+    """What overall.yaml promises, as behaviour: each user's last item is its test target,
+    the one before its validation target, and ranking is over all items."""
+    from recbole.data import create_dataset as recbole_create_dataset
+    from recbole.data import data_preparation as recbole_data_preparation
+
     tmp, cfg = tiny
-    cfg = {k: v for k, v in cfg.items() if k not in ("epochs",)}
     config = Config("SASRec", "tiny", config_dict=cfg)
-    assert config["eval_args"]["split"] == {"LS": "valid_and_test"}
-    assert config["eval_args"]["order"] == "TO"
-    assert config["eval_args"]["mode"]["valid"] == "full"
-    assert config["topk"] == [5, 10, 20]
-    assert config["valid_metric"] == "NDCG@10"
-    assert os.path.isfile(os.path.join(properties_dir(), "dataset", "amazon-beauty.yaml"))
+    _, valid, test = recbole_data_preparation(config, recbole_create_dataset(config))
+    rows = [line.split("\t") for line in (tmp / "tiny" / "tiny.inter").read_text().splitlines()[1:]]
+    by_user = {}
+    for user, item, time in rows:
+        by_user.setdefault(user, []).append((float(time), item))
+    for split, back in ((test, 1), (valid, 2)):
+        feat = split._dataset.inter_feat
+        users = split._dataset.id2token("user_id", feat["user_id"].numpy())
+        items = split._dataset.id2token("item_id", feat["item_id"].numpy())
+        want = {u: sorted(seq)[-back][1] for u, seq in by_user.items()}
+        assert dict(zip(users, items)) == want
+    assert type(test).__name__ == "FullSortEvalDataLoader"
 
 
 def test_unknown_model_error_lists_available_models():

@@ -45,9 +45,6 @@ def test_topk_lists_give_exactly_the_dense_paths_numbers(tiny):
     generative = _evaluate(config, lambda c: feed_topk(c, items, positive_u, positive_i))
     assert dense == generative
 
-    collector = Collector(_config(tiny, ["ItemCoverage"], [5]))
-    feed_topk(collector, items, positive_u, positive_i)
-    assert torch.equal(collector.get_data_struct().get("rec.items"), items)
     assert dense["hit@5"] > 0.3  # the case really has hits at several ranks
 
 
@@ -63,7 +60,18 @@ def test_padded_lists_count_pads_as_misses_worked_by_hand(tiny):
     assert result["ndcg@2"] == pytest.approx(round(0.5 / math.log2(3), 4))
 
 
-def test_metrics_that_need_a_score_matrix_are_refused_by_name():
-    check_topk_metrics(["Recall", "NDCG", "ItemCoverage", "GiniIndex"])
-    with pytest.raises(ValueError, match="AUC"):
-        check_topk_metrics(["Recall", "AUC"])
+def test_a_list_with_a_duplicate_item_is_refused(tiny):
+    collector = Collector(_config(tiny, ["Recall"], [3]))
+    feed_topk(collector, torch.tensor([[4, 0, 0], [1, 2, 3]]), torch.tensor([0]),
+              torch.tensor([4]))  # repeated pads are fine
+    with pytest.raises(ValueError, match=r"same item twice \(batch rows \[1\]\)"):
+        feed_topk(collector, torch.tensor([[4, 5, 6], [1, 2, 1]]), torch.tensor([1]),
+                  torch.tensor([1]))
+
+
+@pytest.mark.parametrize("metric", ["AUC", "LogLoss", "ItemCoverage", "GiniIndex",
+                                    "ShannonEntropy", "AveragePopularity", "TailPercentage"])
+def test_metrics_a_topk_list_cannot_feed_are_refused_by_name(metric):
+    check_topk_metrics(["Recall", "NDCG", "MRR", "Hit", "Precision", "MAP"])
+    with pytest.raises(ValueError, match=rf"\['{metric}'\]"):
+        check_topk_metrics(["Recall", metric])

@@ -23,11 +23,14 @@ def test_model_trains_evaluates_and_reloads_to_identical_metrics(tiny, model, ca
     result = run_recbole_mdgr(model, "tiny", config_dict=cfg)
     test = result["test_result"]
     assert set(test) == {f"{m}@{k}" for m in ("recall", "ndcg", "mrr", "hit") for k in (5, 10, 20)}
-    assert test["recall@5"] <= test["recall@10"] <= test["recall@20"]
     decode = result["test_decode"]
-    assert decode["nfe_per_user"] > 0 and decode["decode_ms_per_user"] > 0
-    assert 0.0 <= decode["invalid_sid_share"] <= 1.0
-    assert any("nfe_per_user=" in r.getMessage() for r in caplog.records)
+    assert decode["nfe_per_user"] == 3  # 2 levels + dedup token, one step each
+    assert decode["invalid_sid_share"] == 0.0  # constrained decoding
+    assert decode["decode_ms_per_user"] > 0
+    assert any("nfe_per_user=3," in r.getMessage() for r in caplog.records)
+    training = result["training"]
+    assert training["epochs"] == 2 and training["stopped_by"] == "max_epochs"
+    assert [p["epoch"] for p in training["valid_curve"]] == [0, 1]
 
     saved = [f for f in os.listdir(tmp / "saved") if f.startswith(f"{model}-")]
     assert len(saved) == 1
@@ -56,3 +59,37 @@ def test_tiger_beams_as_wide_as_the_catalogue_give_exact_scorings_metrics(tiny):
     assert beam["result"]["test_result"] == exact["result"]["test_result"]
     assert beam["result"]["test_decode"]["nfe_per_user"] == 3  # 2 levels + dedup token
     assert beam["result"]["test_decode"]["invalid_sid_share"] == 0.0
+    # each variant starts from the checkpoint's config: beam_size=64 does not carry over
+    assert beam["result"]["test_decode"]["beam_size"] == 64
+    assert exact["result"]["test_decode"]["beam_size"] == TINY["TIGER"]["beam_size"]
+
+
+def test_generate_never_sees_the_answer(tiny):
+    """The trainer hands generate a batch without the target item and its SID: scrambling
+    the targets changes no list."""
+    import torch
+
+    tmp, cfg = tiny
+    run_recbole_mdgr("TIGER", "tiny", config_dict={**cfg, **TINY["TIGER"]})
+    (saved,) = [f for f in os.listdir(tmp / "saved") if f.startswith("TIGER-")]
+    config, net, _, _, _, test_data = load_data_and_model(str(tmp / "saved" / saved))
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    seen, lists = [], []
+    generate = net.generate
+
+    def spy(interaction, k):
+        seen.append(set(interaction.interaction))
+        items, scores = generate(interaction, k)
+        lists.append(items)
+        return items, scores
+
+    net.generate = spy
+    trainer.evaluate(test_data, load_best_model=False)
+    first = torch.cat(lists)
+    targets = test_data._dataset.inter_feat["item_id"]
+    test_data._dataset.inter_feat["item_id"] = targets[torch.randperm(len(targets))]
+    lists.clear()
+    trainer.evaluate(test_data, load_best_model=False)
+    assert torch.equal(torch.cat(lists), first)
+    assert all("item_id" not in s and "item_id_sid" not in s for s in seen)
+    assert all("item_id_list_sid" in s for s in seen)

@@ -18,10 +18,10 @@ def hand(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _splits(tmp_path, mode):
+def _splits(tmp_path, mode, name="hand"):
     cfg = tiny_config(tmp_path, train_sample_mode=mode, sid_quantizer="rq_kmeans",
                       sid_levels=2, sid_codebook_size=4)
-    config = Config("SASRec", "hand", config_dict=cfg)
+    config = Config("SASRec", name, config_dict=cfg)
     dataset = SIDSequentialDataset(config)
     return dataset, dataset.build()
 
@@ -44,12 +44,58 @@ def test_sequence_mode_keeps_each_users_longest_training_sample(hand):
     assert lengths == [1, 1, 2]
 
 
+def test_sequence_mode_picks_the_latest_sample_whatever_the_row_order(hand):
+    dataset, (train, _, _) = _splits(hand, "prefix")
+    rank = dataset._rank_from_latest(train)
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    shuffled = train.copy(train.inter_feat[perm])
+    assert torch.equal(dataset._rank_from_latest(shuffled), rank[perm])
+    # the 5-interaction user's two prefix samples (targets 2nd and 3rd item): ranks 1, 0
+    lengths = train.inter_feat["item_length"]
+    assert sorted(rank[lengths > 0].tolist()) == [0, 0, 0, 1]
+    assert rank[lengths == 2].tolist() == [0]
+
+
+@pytest.fixture
+def long_user(tmp_path, monkeypatch):
+    """One user with 30 interactions (and two short ones), history length 10."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    write_tiny_dataset(tmp_path, name="long", n_items=40, lengths=[30, 4, 3])
+    return tmp_path
+
+
+def test_windows_mode_covers_the_whole_training_sequence_once(long_user):
+    # 30 items: targets are items 2..28 (1-based) in training, 29 valid, 30 test. Windows of
+    # 11 items back from the latest target (item 28): targets 28, 17, 6 with 10, 10, 5
+    # history items; they cover items 18-28, 7-17 and 1-6, i.e. all 28 training items.
+    _, (train, _, _) = _splits(long_user, "windows", name="long")
+    feat = train.inter_feat
+    uid = feat["user_id"]
+    long_uid = int(torch.bincount(uid).argmax())
+    mine = feat[uid == long_uid]
+    assert sorted(mine["item_length"].tolist()) == [5, 10, 10]
+    covered = sorted(t for row in range(len(mine)) for t in
+                     [*mine["timestamp_list"][row][: mine["item_length"][row]].tolist(),
+                      float(mine["timestamp"][row])])
+    assert covered == [float(t) for t in range(28)]  # timestamps 0..27 = items 1..28
+    # the two short users keep one sample each, as in sequence mode
+    assert len(train) == 3 + 2
+
+
 def test_batches_carry_the_sid_of_every_item_field(hand):
     dataset, (train, valid, test) = _splits(hand, "prefix")
     batch = test[torch.arange(len(test))]
     table = dataset.sid_table
     assert batch["item_id_sid"].shape == (len(test), table.m)
-    assert torch.equal(batch["item_id_sid"], table.codes[batch["item_id"]])
+    # expected from the atomic file: each user's last item, looked up by its token
+    last = {}
+    for line in (hand / "hand" / "hand.inter").read_text().splitlines()[1:]:
+        user, item, _ = line.split("\t")
+        last[user] = item
+    users = [dataset.id2token("user_id", int(u)) for u in batch["user_id"]]
+    want = [int(dataset.token2id("item_id", last[u])) for u in users]
+    assert torch.equal(batch["item_id_sid"], table.codes[torch.tensor(want)])
     hist = batch["item_id_list_sid"]
     assert hist.shape == (len(test), 10, table.m)
     assert torch.equal(hist, table.codes[batch["item_id_list"]])
@@ -58,11 +104,12 @@ def test_batches_carry_the_sid_of_every_item_field(hand):
 
 def test_unknown_train_sample_mode_is_refused(hand):
     with pytest.raises(ValueError, match="train_sample_mode"):
-        _splits(hand, "windows")
+        _splits(hand, "bogus")
 
 
-def test_dataloaders_of_both_modes_feed_sid_batches(hand):
-    cfg = tiny_config(hand, train_sample_mode="sequence", sid_levels=2, sid_codebook_size=4)
+@pytest.mark.parametrize("mode", ["prefix", "sequence", "windows"])
+def test_dataloaders_of_every_mode_feed_sid_batches(hand, mode):
+    cfg = tiny_config(hand, train_sample_mode=mode, sid_levels=2, sid_codebook_size=4)
     config = Config("SASRec", "hand", config_dict=cfg)
     train_data, _, test_data = data_preparation(config, SIDSequentialDataset(config))
     batch = next(iter(train_data))

@@ -186,11 +186,13 @@ def test_full_width_beam_search_equals_exact_scoring(seed):
     top, top_items = exact.topk(15, dim=1)
     assert torch.equal(items, top_items)
     torch.testing.assert_close(scores, top, atol=1e-4, rtol=1e-4)
-    # the exact decode mode returns the same lists
+    # the exact decode mode returns the same lists, and reports its real cost
     model.decode_mode = "exact"
+    model.decode_stats.reset()
     exact_items, exact_scores = model.generate(batch, k=15)
     assert torch.equal(exact_items, items)
     torch.testing.assert_close(exact_scores, top)
+    assert model.decode_stats.summary()["nfe_per_user"] == n_real
 
 
 def test_generate_pads_when_fewer_items_than_k():
@@ -204,7 +206,7 @@ def test_generate_pads_when_fewer_items_than_k():
         assert sorted(items[0, :6].tolist()) == list(range(1, 7))
 
 
-def test_full_sort_predict_scores_generated_items_only():
+def test_full_sort_predict_scores_generated_items_only(caplog):
     table = make_table()
     model = make_model(table)
     batch = make_batch(table, B=3)
@@ -213,6 +215,14 @@ def test_full_sort_predict_scores_generated_items_only():
     assert full.shape == (3, table.n_items)
     assert (torch.isfinite(full).sum(1) == 10).all()
     torch.testing.assert_close(full.gather(1, items), scores)
+    assert not any("fewer than" in r.getMessage() for r in caplog.records)
+    # 6 items for a top-10: the score matrix cannot say "miss"; a warning says so, once
+    small = make_model(make_table(n_real=6, sizes=(3, 3)), beam_size=20)
+    batch = make_batch(small.sid_table, B=3)
+    small.full_sort_predict(batch)
+    small.full_sort_predict(batch)
+    warned = [r for r in caplog.records if "fewer than 10 generated items" in r.getMessage()]
+    assert len(warned) == 1
 
 
 def test_loss_decreases_when_overfitting_a_tiny_batch():
@@ -232,3 +242,41 @@ def test_loss_decreases_when_overfitting_a_tiny_batch():
     model.eval()
     items, _ = model.generate(batch, k=1)
     assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75
+
+
+@pytest.mark.parametrize("width", [2, 5])
+def test_narrow_beams_with_cache_reorder_equal_an_uncached_reference(width):
+    """Beams narrower than the catalogue: TIGER's cached search (cache rows reordered by beam
+    parents) against a plain beam search that re-decodes every prefix from scratch."""
+    from test_decoding import reference_beam_search
+
+    table = make_table(n_real=40, sizes=(5, 6), seed=2)
+    model = make_model(table, beam_size=width)
+    batch = make_batch(table, B=3, seed=4)
+    items, scores = model.generate(batch, k=width)
+    memory, mask = model.encode(batch["item_id_list_sid"], batch["item_length"])
+    for b in range(3):
+        @torch.no_grad()
+        def log_probs(prefix):
+            tokens = torch.tensor([[model.bos, *(c + int(model.token_offset[i])
+                                                 for i, c in enumerate(prefix))]])
+            hidden = model.decode(tokens, memory[b : b + 1], mask[b : b + 1])
+            return model.heads[len(prefix)](hidden[0, -1]).log_softmax(-1)
+
+        want = reference_beam_search(log_probs, table, width)
+        want_items = table.items_of(torch.tensor([p for p, _ in want])).tolist()
+        assert items[b].tolist() == want_items
+        torch.testing.assert_close(scores[b], torch.tensor([s for _, s in want]),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_training_forward_by_length_bucket_equals_one_padded_pass():
+    table = make_table()
+    model = make_model(table)
+    batch = make_batch(table, B=7)
+    args = batch["item_id_list_sid"], batch["item_length"], batch["item_id_sid"]
+    model.encoder_buckets = 1
+    plain = model(*args)
+    for buckets in (2, 7):
+        model.encoder_buckets = buckets
+        torch.testing.assert_close(model(*args), plain, atol=1e-5, rtol=1e-5)

@@ -90,6 +90,16 @@ def clustered(n: int = 300, d: int = 16, centers: int = 12, seed: int = 0) -> np
 
 
 # ---------------------------------------------------------------------------- quantizers
+
+def test_sid_seed_does_not_follow_the_training_seed():
+    from collections import defaultdict
+
+    def settings(**keys):
+        return SIDSettings.from_config(defaultdict(lambda: None, keys))
+
+    assert settings(seed=1).seed == settings(seed=2).seed == 2020
+    assert settings(seed=1, sid_seed=7).seed == 7
+
 @pytest.mark.parametrize("name", sorted(QUANTIZERS))
 def test_quantizer_codes_in_range_and_same_for_same_seed(name):
     sizes = (10, 10, 10, 6) if name in ("opq", "pq") else (12, 8, 5)
@@ -150,6 +160,42 @@ def test_allowed_tokens_and_items_of_match_a_brute_force_scan():
     for n in range(len(partial)):
         hit = np.nonzero((codes == partial[n].numpy()).all(1))[0]
         assert items[n] == (hit[0] + 1 if len(hit) else 0)
+
+
+def test_constraint_index_matches_brute_force_beyond_one_64_bit_word():
+    """Vocabularies of 130 (three packed words, bit 63 used) and a small dedup slot."""
+    rng = np.random.default_rng(3)
+    sizes = [130, 70, 3]
+    raw = np.unique(np.stack([rng.integers(0, 130, 500), rng.integers(0, 70, 500),
+                              rng.integers(0, 3, 500)], 1), axis=0)
+    raw[0, :2] = [63, 64]  # make sure bits 63 and 64 occur
+    table = build_table(raw, sizes, "none")
+    codes = table.codes[1:].numpy()
+    partial = torch.as_tensor(np.stack([rng.integers(0, s, 300) for s in sizes], 1))
+    partial[:50] = table.codes[1:51]  # rows that surely match
+    fixed = torch.as_tensor(rng.random((300, 3)) < 0.5)
+    fixed[50:80] = torch.tensor([False, False, True])  # only the small slot fixed
+    for j in range(3):
+        got = table.allowed_at(partial, fixed, j).numpy()
+        assert got.shape == (300, sizes[j])
+        for n in range(300):
+            match = np.all((codes == partial[n].numpy()) | ~fixed[n].numpy(), axis=1)
+            want = np.zeros(sizes[j], dtype=bool)
+            want[codes[match, j]] = True
+            np.testing.assert_array_equal(got[n], want, err_msg=f"row {n}, position {j}")
+
+
+def test_hash_clash_inside_a_group_is_refused_wherever_it_sits():
+    """A group laid out A, B, A (first and last agree, the middle does not) is a clash."""
+
+    class ConstantHash(SIDTable):
+        def _hash(self, codes, mask):  # every projection hashes alike: one big group
+            return torch.zeros(codes.shape[0], dtype=torch.long, device=codes.device)
+
+    table = SIDTable(torch.tensor([[-1, -1], [0, 0], [1, 5], [0, 1]]), [2, 6])  # slot 0: 0, 1, 0
+    table.__class__, table._groups = ConstantHash, {}
+    with pytest.raises(RuntimeError, match="hash clash"):
+        table._grouping(0b01)
 
 
 # ---------------------------------------------------------------------------- text

@@ -8,8 +8,10 @@ from recbole.data.dataset import SequentialDataset
 from recbole.data.interaction import Interaction
 from recbole.utils import set_color
 
+from recbole_mdgr.distributed import rank0_first
+
 SID_SUFFIX = "_sid"
-TRAIN_SAMPLE_MODES = ("prefix", "sequence")
+TRAIN_SAMPLE_MODES = ("prefix", "sequence", "windows")
 
 
 class SIDSequentialDataset(SequentialDataset):
@@ -17,10 +19,20 @@ class SIDSequentialDataset(SequentialDataset):
 
     - The SID table (:class:`~recbole_mdgr.tokenizer.sid_table.SIDTable`) is built (or read
       from its cache) once, when the dataset is built, and shared by every split.
-    - ``train_sample_mode``: ``prefix`` keeps RecBole's prefix augmentation (one training
-      sample per next-item target; TIGER); ``sequence`` keeps one training sample per user,
-      the longest (the whole training sequence = history + target; MADRec, MDGR).
-      Validation and test samples are RecBole's, unchanged, in both modes.
+    - ``train_sample_mode`` (validation and test samples are RecBole's in every mode):
+
+      - ``prefix``: RecBole's prefix augmentation, one training sample per next-item target
+        (TIGER). A sample's history is the last ``MAX_ITEM_LIST_LENGTH`` items before it.
+      - ``sequence``: one sample per user, the one whose target is the user's latest training
+        item, so its history is the longest: the last ``MAX_ITEM_LIST_LENGTH`` + 1 training
+        items. Items before that window are not trained on (on ml-100k with length 50 that
+        is 60% of the training interactions); ``windows`` trains on them.
+      - ``windows``: the whole training sequence cut into non-overlapping windows of
+        ``MAX_ITEM_LIST_LENGTH`` + 1 items, counted back from the latest (the first window
+        may be shorter): every training interaction is in exactly one sample.
+
+      Samples are chosen by their target's time (then RecBole's row order), not by where
+      rows happen to sit.
     - Every batch ``dataset[index]`` carries ``<field>_sid`` for the item fields it has:
       ``item_id_list_sid`` ``[B, L, m]`` and ``item_id_sid`` ``[B, m]`` (padding = -1).
       This is the one place where batches get their SIDs.
@@ -41,7 +53,8 @@ class SIDSequentialDataset(SequentialDataset):
         if self.sid_table is None:
             from recbole_mdgr.tokenizer import build_sid_table
 
-            self.sid_table = build_sid_table(self.config, self)
+            # one build per run: the other processes read the cache rank 0 wrote
+            self.sid_table = rank0_first(lambda: build_sid_table(self.config, self))
             if self.sid_table.n_items != self.item_num:
                 raise RuntimeError(
                     f"SID table has {self.sid_table.n_items} rows but the dataset has "
@@ -49,8 +62,12 @@ class SIDSequentialDataset(SequentialDataset):
                 )
         train = datasets[0]
         before = len(train)
-        if self.train_sample_mode == "sequence":
-            train = train.copy(train.inter_feat[self._last_sample_per_user(train)])
+        if self.train_sample_mode != "prefix":
+            rank = self._rank_from_latest(train)
+            if self.train_sample_mode == "windows":
+                rank = rank % (self.max_item_list_len + 1)
+            keep = (rank == 0).nonzero().flatten()
+            train = train.copy(train.inter_feat[keep])
         self.logger.info(
             set_color("train samples", "pink")
             + f": {len(train)} (train_sample_mode={self.train_sample_mode}; "
@@ -61,13 +78,22 @@ class SIDSequentialDataset(SequentialDataset):
             d.sid_table = self.sid_table
         return datasets
 
-    def _last_sample_per_user(self, split) -> torch.Tensor:
-        """Row index of each user's latest sample in ``split`` (rows are in time order)."""
-        uid = split.inter_feat[self.uid_field]
-        rows = torch.arange(len(uid))
-        last = torch.full((int(uid.max()) + 1,), -1, dtype=torch.long)
-        last.scatter_reduce_(0, uid, rows, reduce="amax")
-        return last[last >= 0]
+    def _rank_from_latest(self, split) -> torch.Tensor:
+        """Per row: how many of its user's samples have a later target (0 = the latest).
+
+        Ordered by the target's time when the split has a time field, ties (and no time
+        field) by row order.
+        """
+        feat = split.inter_feat
+        uid = feat[self.uid_field]
+        order = torch.arange(len(uid))
+        if self.time_field is not None and self.time_field in feat:
+            order = torch.argsort(feat[self.time_field], stable=True)
+        order = order[torch.argsort(uid[order], stable=True)]  # by user, then time
+        ends = torch.cumsum(torch.bincount(uid[order]), 0)  # one past each user's last row
+        rank = torch.empty_like(order)
+        rank[order] = ends[uid[order]] - 1 - torch.arange(len(uid))
+        return rank
 
     def __getitem__(self, index, join=True):
         data = super().__getitem__(index, join)

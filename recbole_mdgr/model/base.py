@@ -16,6 +16,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_mdgr.data.dataset import SID_SUFFIX
+from recbole_mdgr.distributed import sum_over_processes
 from recbole_mdgr.tokenizer.sid_table import SIDTable
 
 
@@ -37,6 +38,14 @@ class DecodeStats:
 
     def reset(self) -> None:
         self.users, self.nfe, self.generated, self.invalid, self.seconds = 0, 0.0, 0, 0, 0.0
+
+    def sum_over_processes(self) -> None:
+        """Totals of every process of a distributed evaluation (each decodes its own users);
+        ``seconds`` becomes the summed decode time, so ms per user stays per user."""
+        users, nfe, generated, invalid, seconds = sum_over_processes(
+            [self.users, self.nfe, self.generated, self.invalid, self.seconds])
+        self.users, self.nfe, self.generated = int(users), nfe, int(generated)
+        self.invalid, self.seconds = int(invalid), seconds
 
     def summary(self) -> dict:
         users = max(self.users, 1)
@@ -116,8 +125,22 @@ class GenerativeRecommender(SequentialRecommender):
         )
 
     def full_sort_predict(self, interaction) -> torch.Tensor:
-        """``[B, n_items]`` scores: generated items get their beam scores, the rest -inf."""
+        """``[B, n_items]`` scores: generated items get their beam scores, the rest -inf.
+
+        For RecBole's own utilities (``full_sort_topk``, case studies). When a user gets
+        fewer than ``topk`` items (a pad in the list), the top-k of these scores is filled
+        with arbitrary ``-inf`` items, where the evaluation counts misses: a warning says so;
+        ``generate`` gives the exact lists.
+        """
         items, scores = self.generate(interaction, self.topk)
+        if bool((items == 0).any()) and not getattr(self, "_warned_pads", False):
+            self._warned_pads = True
+            self.logger.warning(
+                f"full_sort_predict: some users got fewer than {self.topk} generated items; "
+                "their other items score -inf, so a top-k of these scores fills the gap with "
+                "arbitrary items where the generative evaluation counts misses. Use "
+                "model.generate(interaction, k) for the exact lists."
+            )
         out = torch.full(
             (items.shape[0], self.n_items), float("-inf"), device=scores.device
         )

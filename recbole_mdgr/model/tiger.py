@@ -46,7 +46,8 @@ class TIGER(GenerativeRecommender):
 
     Loss: teacher-forced cross-entropy over the ``m`` target tokens. Inference
     (``tiger_decode``): ``beam`` = constrained left-to-right beam search with a key/value
-    cache (NFE = m); ``exact`` = the log-likelihood of every item's SID, top-k.
+    cache (NFE = m); ``exact`` = the log-likelihood of every item's SID, top-k (NFE = the
+    number of items: one teacher-forced decoder pass per candidate).
     """
 
     def __init__(self, config, dataset):
@@ -203,7 +204,9 @@ class TIGER(GenerativeRecommender):
             scores = self.score_all_items(interaction)
             items = torch.arange(self.n_items, device=scores.device).expand_as(scores)
             items, scores = top_k_items(items, scores, k)
-            self.decode_stats.add(len(items), nfe=1, generated=int((items > 0).sum()), invalid=0)
+            # its real cost: one teacher-forced decoder pass per candidate SID, for each user
+            self.decode_stats.add(len(items), nfe=self.n_items - 1,
+                                  generated=int((items > 0).sum()), invalid=0)
             return items, scores
 
         memory, mask = self.encode(interaction[self.ITEM_SEQ_SID], interaction[self.ITEM_SEQ_LEN])

@@ -65,7 +65,7 @@ class SIDSettings:
             dedup=str(get("sid_dedup", d.dedup)),
             kmeans_iters=int(get("sid_kmeans_iters", d.kmeans_iters)),
             threads=int(get("sid_threads", d.threads)),
-            seed=int(get("sid_seed", get("seed", d.seed))),
+            seed=int(get("sid_seed", d.seed)),  # not `seed`: a seed sweep keeps its SIDs
             rq_normalize=bool(get("sid_rq_normalize", d.rq_normalize)),
             opq_whiten=bool(get("sid_opq_whiten", d.opq_whiten)),
             opq_iters=int(get("sid_opq_iters", d.opq_iters)),

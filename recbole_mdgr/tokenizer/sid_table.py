@@ -23,12 +23,19 @@ DEDUP_MODES = ("auto", "always", "none")
 
 @dataclass
 class _Groups:
-    """Items grouped by their codes at one subset of positions (CSR layout)."""
+    """Items grouped by their codes at one subset of positions (CSR layout).
+
+    ``bits[j]`` (built on first use, per free position ``j``): ``[G, ceil(V_j / 64)]`` int64,
+    bit ``v`` of group ``g`` set iff some item of the group has token ``v`` at position ``j``.
+    A constraint query then costs one hash search and one gather of ``V_j / 64`` words per
+    row, whatever the number of items in the group.
+    """
 
     keys: torch.Tensor  # [G] sorted unique hash keys of the projected codes
     starts: torch.Tensor  # [G] first index into ``order`` of each group
     sizes: torch.Tensor  # [G] number of items in each group
     order: torch.Tensor  # [n_real] real item ids sorted by key
+    bits: dict  # position j -> [G, words_j] packed allowed-token masks
 
 
 class SIDTable:
@@ -127,7 +134,7 @@ class SIDTable:
     def items_of(self, sids: torch.Tensor) -> torch.Tensor:
         """Item id of each full SID in ``sids [N, m]``; 0 where no item has that SID."""
         full = torch.ones_like(sids, dtype=torch.bool)
-        first, size = self._find(sids, full, (1 << self.m) - 1)
+        first, size, _ = self._find(sids, full, (1 << self.m) - 1)
         found = size > 0
         groups = self._grouping((1 << self.m) - 1)
         items = torch.zeros(sids.shape[0], dtype=torch.long, device=sids.device)
@@ -147,23 +154,37 @@ class SIDTable:
             At fixed positions this is the fixed token itself (if any item matches).
             A row with no matching item is all False.
         """
-        n = partial.shape[0]
-        out = torch.zeros(n, self.m, self.max_vocab, dtype=torch.bool, device=partial.device)
+        out = torch.zeros(partial.shape[0], self.m, self.max_vocab, dtype=torch.bool,
+                          device=partial.device)
+        for j in range(self.m):
+            out[:, j, : self.vocab_sizes[j]] = self.allowed_at(partial, fixed, j)
+        return out
+
+    def allowed_at(self, partial: torch.Tensor, fixed: torch.Tensor, j: int) -> torch.Tensor:
+        """Position ``j`` only of :meth:`allowed_tokens`: ``[N, vocab_sizes[j]]`` bool.
+
+        Per row: one search of the row's fixed codes among the item groups of its fixed
+        pattern, then one gather of the group's packed token mask; the cost does not grow
+        with the number of items that match.
+        """
+        N, V = partial.shape[0], self.vocab_sizes[j]
+        out = torch.zeros(N, V, dtype=torch.bool, device=partial.device)
+        fixed = fixed.to(partial.device)
         patterns = (fixed.long() << torch.arange(self.m, device=fixed.device)).sum(1)
         for pattern in torch.unique(patterns).tolist():
             rows = (patterns == pattern).nonzero(as_tuple=True)[0]
             if pattern == 0:
-                out[rows] = self._used.to(out.device)
+                out[rows] = self._used[j, :V].to(out.device)
                 continue
-            first, size = self._find(partial[rows], fixed[rows], pattern)
-            # ragged expansion: one entry per (row, matching item)
-            row_rep = torch.repeat_interleave(torch.arange(len(rows), device=out.device), size)
-            offs = torch.arange(int(size.sum()), device=out.device)
-            offs = offs - torch.repeat_interleave(torch.cumsum(size, 0) - size, size)
-            items = self._grouping(pattern).order[torch.repeat_interleave(first, size) + offs]
-            item_codes = self.codes[items]  # [E, m]
-            for j in range(self.m):
-                out[rows[row_rep], j, item_codes[:, j]] = True
+            first, size, group = self._find(partial[rows], fixed[rows], pattern)
+            hit = size > 0
+            if (pattern >> j) & 1:  # a fixed position: its own token, if any item matches
+                rows, tokens = rows[hit], partial[rows[hit], j]
+                out[rows, tokens] = True
+                continue
+            words = self._bits(pattern, j)[group[hit]]  # (n, ceil(V / 64))
+            bits = (words[:, :, None] >> torch.arange(64, device=words.device)) & 1
+            out[rows[hit]] = bits.flatten(1)[:, :V].bool().to(out.device)
         return out
 
     # ------------------------------------------------------------------ internals
@@ -182,17 +203,34 @@ class SIDTable:
             keys, order = torch.sort(keys, stable=True)
             uniq, sizes = torch.unique_consecutive(keys, return_counts=True)
             starts = torch.cumsum(sizes, 0) - sizes
-            grp = _Groups(uniq, starts, sizes, order + 1)
-            # two different projections with one hash: split would be needed; refuse
-            first_codes = real[order[starts]][:, mask]
-            last_codes = real[order[starts + sizes - 1]][:, mask]
-            if not torch.equal(first_codes, last_codes):
+            grp = _Groups(uniq, starts, sizes, order + 1, {})
+            # two different projections with one hash would share a group: refuse. Every
+            # member is compared with its group's first member.
+            group_of = torch.repeat_interleave(torch.arange(len(uniq), device=self.device), sizes)
+            projected = real[order][:, mask]
+            if not torch.equal(projected, projected[starts[group_of]]):
                 raise RuntimeError("SID hash clash: rebuild the table with another seed")
             self._groups[pattern] = grp
         return self._groups[pattern]
 
+    def _bits(self, pattern: int, j: int) -> torch.Tensor:
+        """Packed allowed-token masks of position ``j`` per group of ``pattern``, cached."""
+        grp = self._grouping(pattern)
+        if j not in grp.bits:
+            V, G = self.vocab_sizes[j], len(grp.keys)
+            words = -(-V // 64)
+            group_of = torch.repeat_interleave(torch.arange(G, device=self.device), grp.sizes)
+            pairs = torch.unique(group_of * V + self.codes[grp.order, j])  # distinct (g, v)
+            g, v = pairs // V, pairs % V
+            bits = torch.zeros(G * words, dtype=torch.long, device=self.device)
+            # distinct powers of two: their sum is their bitwise or (bit 63 wraps, still exact)
+            bits.index_add_(0, g * words + v // 64, torch.ones_like(v) << (v % 64))
+            grp.bits[j] = bits.view(G, words)
+        return grp.bits[j]
+
     def _find(self, partial: torch.Tensor, fixed: torch.Tensor, pattern: int):
-        """For rows sharing fixed ``pattern``: (first index into order, group size or 0)."""
+        """For rows sharing fixed ``pattern``: (first index into order, group size or 0,
+        group index)."""
         grp = self._grouping(pattern)
         partial = partial.to(self.device)
         keys = self._hash(partial.clamp(min=-1), fixed.to(self.device))
@@ -203,7 +241,7 @@ class SIDTable:
         rep = self.codes[grp.order[first]]
         hit &= ((rep == partial) | ~fixed.to(self.device)).all(1)
         size = torch.where(hit, grp.sizes[pos], torch.zeros_like(pos))
-        return first, size
+        return first, size, pos
 
     def __repr__(self) -> str:
         return f"SIDTable(n_items={self.n_items}, m={self.m}, vocab_sizes={self.vocab_sizes})"
