@@ -9,10 +9,9 @@ Any other ``--key=value`` overrides a config key, as in RecBole.
 """
 
 import argparse
-import os
 import sys
 
-from recbole_mdgr.config import properties_dir
+from recbole_mdgr.config import preset_file
 from recbole_mdgr.quick_start import run
 
 DEFAULT_MODEL = "TIGER"  # MDGR once it lands
@@ -32,9 +31,11 @@ if __name__ == "__main__":
     args, _ = parser.parse_known_args()
 
     config_file_list = args.config_files.strip().split(" ") if args.config_files else None
+    config_dict = None
     if len(sys.argv) == 1:
-        config_file_list = [os.path.join(properties_dir(), "quick_start.yaml")]
-        print(f"No arguments: quick start, {args.model} on {args.dataset} with "
-              f"{config_file_list[0]} (pass any flag for the full-size defaults)")
-    run(args.model, args.dataset, config_file_list=config_file_list, nproc=args.nproc,
-        world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.group_offset)
+        config_dict = {"preset": "quick-start"}
+        print(f"No arguments: quick start, {args.model} on {args.dataset} with the preset "
+              f"{preset_file('quick-start')} (pass any flag for the full-size defaults)")
+    run(args.model, args.dataset, config_file_list=config_file_list, config_dict=config_dict,
+        nproc=args.nproc, world_size=args.world_size, ip=args.ip, port=args.port,
+        group_offset=args.group_offset)

@@ -171,3 +171,22 @@ def test_objective_function_runs_without_importing_ray(tiny):
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def test_presets_sit_above_the_model_yaml_and_below_the_users_settings(tiny):
+    tmp, cfg = tiny
+    plain = Config("TIGER", "tiny", config_dict=cfg)
+    cpu = Config("TIGER", "tiny", config_dict={**cfg, "preset": "TIGER-cpu"})
+    assert (plain["n_layers_enc"], plain["head_dim"], plain["train_time_budget"]) == \
+        (4, 64, None)  # properties/model/TIGER.yaml, overall.yaml
+    assert (cpu["n_layers_enc"], cpu["head_dim"], cpu["train_time_budget"]) == (2, 32, 85)
+    assert cpu["inner_size"] == cfg["inner_size"] == 32  # the user's config_dict still wins
+    mine = Config("TIGER", "tiny", config_dict={**cfg, "preset": "TIGER-cpu",
+                                                 "learning_rate": 0.01})
+    assert mine["learning_rate"] == 0.01 and cpu["learning_rate"] == 0.002
+
+
+def test_unknown_preset_lists_the_shipped_ones(tiny):
+    tmp, cfg = tiny
+    with pytest.raises(ValueError, match=r"unknown preset 'TIGER-gpu'.*TIGER-cpu.*quick-start"):
+        Config("TIGER", "tiny", config_dict={**cfg, "preset": "TIGER-gpu"})

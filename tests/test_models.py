@@ -12,6 +12,8 @@ TINY = {
     "TIGER": {"n_layers_enc": 1, "n_layers_dec": 1, "hidden_size": 16, "n_heads": 2,
               "head_dim": 8, "inner_size": 32, "sid_levels": 2, "sid_codebook_size": 8,
               "beam_size": 20},
+    "MADRec": {"n_layers": 1, "hidden_size": 16, "n_heads": 2, "head_dim": 8,
+               "inner_size": 32, "sid_levels": 2, "sid_codebook_size": 8, "beam_size": 20},
 }
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
 from recbole_mdgr.data.dataset import SID_SUFFIX
 from recbole_mdgr.distributed import sum_over_processes
+from recbole_mdgr.model.layers import Transformer
 from recbole_mdgr.tokenizer.sid_table import SIDTable
 
 
@@ -92,6 +95,60 @@ class GenerativeRecommender(SequentialRecommender):
                 "beyond the beam width"
             )
         self.decode_stats = DecodeStats()
+        self.compile = bool(config["compile"]) if "compile" in config else False
+        # compiled twins of submodules (same parameters), kept out of the module tree so the
+        # state dict and checkpoints are the eager model's
+        self.__dict__["_compiled"] = {}
+
+    # ------------------------------------------------------------------ shared by SID models
+    def read_stack_config(self, config) -> None:
+        """The knobs every SID model's transformer stack, heads and decoding share."""
+        self.hidden_size = config["hidden_size"]
+        self.n_heads = config["n_heads"]
+        self.head_dim = config["head_dim"]
+        self.inner_size = config["inner_size"]
+        self.hidden_act = config["hidden_act"] or "relu"
+        self.dropout_prob = config["dropout_prob"]
+        self.attn_dropout_prob = config["attn_dropout_prob"] or 0.0
+        self.ffn_dropout_prob = config["ffn_dropout_prob"] or 0.0
+        self.initializer_range = config["initializer_range"]
+        self.encoder_buckets = config["encoder_buckets"]
+        self.beam_size = config["beam_size"]
+        self.sid_constrained = config["sid_constrained"]
+        # code c at SID slot j is token offset_j + c + 1; 0 is padding
+        offsets = torch.tensor([0, *self.sid_vocab_sizes[:-1]]).cumsum(0) + 1
+        self.register_buffer("token_offset", offsets, persistent=False)  # (m,)
+
+    def transformer(self, n_layers: int, cross_attention: bool = False) -> Transformer:
+        """A :class:`~recbole_mdgr.model.layers.Transformer` with this model's knobs."""
+        return Transformer(n_layers, self.hidden_size, self.n_heads, self.head_dim,
+                           self.inner_size, self.dropout_prob, self.attn_dropout_prob,
+                           self.ffn_dropout_prob, cross_attention, self.hidden_act)
+
+    def slot_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden ``[N, m, d]`` of one item's slots -> ``[N, m, max_vocab]`` logits through
+        ``self.heads`` (one per slot, over its own vocabulary), ``-inf`` beyond it."""
+        V = max(self.sid_vocab_sizes)
+        out = [F.pad(head(hidden[:, j]), (0, V - head.out_features), value=float("-inf"))
+               for j, head in enumerate(self.heads)]
+        return torch.stack(out, 1)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            module.bias.data.zero_()
+
+    def train_module(self, name: str):
+        """Submodule ``name`` for a training forward: compiled with ``torch.compile`` when
+        ``compile: True`` (dynamic shapes: batches are cut per length bucket), else itself.
+        Decoding always runs eager (its key/value cache is a Python dict)."""
+        module = getattr(self, name)
+        if not (self.compile and self.training):
+            return module
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(module, dynamic=True)
+        return self._compiled[name]
 
     def _apply(self, fn, recurse=True):
         # keep the (non-module) table on the same device as the model

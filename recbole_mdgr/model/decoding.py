@@ -18,7 +18,11 @@ exact scoring gives) rather than a renormalised one.
 
 :func:`left_to_right_beam_search` drives a decoder through ``m`` steps (NFE = m), all
 ``B * W`` beams of a batch in one call per step, with the valid-prefix constraint from
-:meth:`SIDTable.allowed_tokens`.
+:meth:`SIDTable.allowed_at`.
+
+:func:`masked_beam_search` drives a masked (any-order) model: each step is one call for all
+beams of all users, each beam commits the slots its ``order`` picks, a ``schedule`` says how
+many per step (NFE = its length), and the constraint covers any set of fixed slots.
 """
 
 from __future__ import annotations
@@ -161,3 +165,122 @@ def left_to_right_beam_search(
         parents = (parent + W_j * torch.arange(B, device=device)[:, None]).view(-1)
         tokens = token.reshape(-1)
     return sids, scores
+
+
+UNMASK_ORDERS = ("greedy", "left_to_right", "random")
+
+
+def nfe_schedule(m: int, nfe: int) -> list[int]:
+    """Slots committed per step for ``nfe`` steps over ``m`` slots: as even as possible,
+    larger steps last (``m=4, nfe=3 -> [1, 1, 2]``): the early, more uncertain commits are
+    made one at a time, with the most context."""
+    if not 1 <= nfe <= m:
+        raise ValueError(f"the number of decoding steps must be in 1..{m}, got {nfe}")
+    return [m // nfe + (i >= nfe - m % nfe) for i in range(nfe)]
+
+
+def choose_slots(log_probs: torch.Tensor, masked: torch.Tensor, k: int, order: str,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """The ``k`` masked slots each row commits next, in commit order.
+
+    Args:
+        log_probs: ``[..., m, V]`` per-slot log-probabilities.
+        masked: ``[..., m]`` bool, the slots still masked (at least ``k`` per row).
+        order: ``greedy``: largest margin between the top-1 and top-2 probability first (the
+            paper's uncertainty order); ``left_to_right``: lowest slot first; ``random``:
+            uniformly (``generator`` seeds it).
+
+    Returns:
+        ``[..., k]`` slot indices.
+    """
+    if order == "greedy":
+        top = log_probs.topk(2, dim=-1).values.exp()  # [..., m, 2]
+        key = top[..., 0] - top[..., 1]
+    elif order == "left_to_right":
+        key = -torch.arange(masked.shape[-1], device=masked.device, dtype=torch.float)
+        key = key.expand(masked.shape)
+    elif order == "random":
+        key = torch.rand(masked.shape, generator=generator,
+                         device=generator.device if generator is not None else masked.device)
+        key = key.to(masked.device)
+    else:
+        raise ValueError(f"unmasking order must be one of {UNMASK_ORDERS}, got {order!r}")
+    return key.masked_fill(~masked, float("-inf")).topk(k, dim=-1).indices
+
+
+def _allowed_at_slots(sid_table: SIDTable, partial: torch.Tensor, slots: torch.Tensor,
+                      width: int) -> torch.Tensor:
+    """``[N, m]`` partial SIDs (-1 = masked) -> ``[N, width]`` bool: tokens allowed at each
+    row's own slot ``slots[n]``, given its fixed slots."""
+    out = torch.zeros(len(partial), width, dtype=torch.bool, device=partial.device)
+    fixed = partial >= 0
+    for j in torch.unique(slots).tolist():
+        rows = (slots == j).nonzero(as_tuple=True)[0]
+        out[rows, : sid_table.vocab_sizes[j]] = sid_table.allowed_at(partial[rows],
+                                                                     fixed[rows], j)
+    return out
+
+
+def masked_beam_search(
+    step: Callable[[torch.Tensor], torch.Tensor],
+    sid_table: SIDTable,
+    batch_size: int,
+    width: int,
+    schedule: list[int],
+    order: str = "greedy",
+    constrained: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Any-order beam search over one item's ``m`` SID slots: ``len(schedule)`` calls of
+    ``step`` (the NFE), each for all beams of all users at once.
+
+    Args:
+        step: ``step(partial) -> log_probs``: ``partial`` ``[N, m]`` codes with ``-1`` at
+            masked slots, ``N = B * W_s`` rows user-major (row = b * W_s + w; ``W_s = 1`` at
+            the first call); returns ``[N, m, V]`` log-probabilities of every slot (each
+            over its own vocabulary, ``-inf`` beyond it; only masked slots are read).
+        schedule: slots committed per call, summing to ``m`` (``[1] * m``, ``[2, 2]``,
+            ``[4]``, ...).
+        order: which masked slots a beam commits (:func:`choose_slots`); each beam
+            chooses its own, from its own log-probs.
+        constrained: only tokens that keep some item's SID reachable, given the slots
+            already fixed (any subset), are allowed.
+
+    Slots committed in one call use the paper's conditional-independence approximation
+    (§3.2): the joint log-probability of their tokens is the sum of their log-probs from
+    that call. The joint best ``width`` are searched slot by slot inside the call, each
+    partial expansion ranked by its score plus the best log-prob of the call's slots still
+    to commit, so no combination is enumerated and (without the constraint) the result is
+    exactly the joint top-``width``.
+
+    Returns:
+        (sids ``[B, W', m]``, scores ``[B, W']``) best first, W' <= width; dead beams
+        (score ``-inf``) only where a user has fewer than W' valid SIDs.
+    """
+    B, m, device = batch_size, sid_table.m, sid_table.device
+    if sum(schedule) != m or min(schedule) < 1:
+        raise ValueError(f"a decoding schedule must commit the {m} SID slots, got {schedule}")
+    partial = torch.full((B, 1, m), -1, dtype=torch.long, device=device)
+    scores = torch.zeros(B, 1, device=device)
+    for k in schedule:
+        W_s = scores.shape[1]
+        log_probs = step(partial.view(B * W_s, m)).view(B, W_s, m, -1).float()
+        slots = choose_slots(log_probs, partial < 0, k, order, generator)  # (B, W_s, k)
+        best = log_probs.amax(-1)  # (B, W_s, m): optimistic value of a slot still to commit
+        for i in range(k):
+            W_s, V = scores.shape[1], log_probs.shape[-1]
+            j = slots[:, :, i]  # (B, W_s)
+            lp = log_probs.gather(2, j[:, :, None, None].expand(B, W_s, 1, V))[:, :, 0]
+            if constrained:
+                ok = _allowed_at_slots(sid_table, partial.view(B * W_s, m), j.reshape(-1), V)
+                lp = lp.masked_fill(~ok.view(B, W_s, V), NEG_INF)
+            ahead = best.gather(2, slots[:, :, i + 1 :]).sum(-1)  # (B, W_s)
+            ranked, parent, token = beam_step(scores + ahead, lp, width)
+            scores = ranked - ahead.gather(1, parent)
+            token = token.masked_fill(scores == NEG_INF, 0)  # dead beams: any in-vocab code
+            live = max(int((scores > NEG_INF).sum(1).max()), 1)
+            scores, parent, token = scores[:, :live], parent[:, :live], token[:, :live]
+            partial, log_probs, slots, best = (gather_beams(x, parent)
+                                               for x in (partial, log_probs, slots, best))
+            partial.scatter_(2, slots[:, :, i : i + 1], token[:, :, None])
+    return partial, scores

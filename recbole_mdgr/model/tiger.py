@@ -19,13 +19,7 @@ from recbole_mdgr.model.decoding import (
     left_to_right_beam_search,
     top_k_items,
 )
-from recbole_mdgr.model.layers import (
-    Dropout,
-    KVCache,
-    Transformer,
-    encode_by_length,
-    length_buckets,
-)
+from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length, length_buckets
 
 DECODE_MODES = ("beam", "exact")
 
@@ -54,22 +48,11 @@ class TIGER(GenerativeRecommender):
         super().__init__(config, dataset)
 
         # load parameters info
+        self.read_stack_config(config)
         self.n_layers_enc = config["n_layers_enc"]
         self.n_layers_dec = config["n_layers_dec"]
-        self.hidden_size = config["hidden_size"]
-        self.n_heads = config["n_heads"]
-        self.head_dim = config["head_dim"]
-        self.inner_size = config["inner_size"]
-        self.dropout_prob = config["dropout_prob"]
-        self.attn_dropout_prob = config["attn_dropout_prob"] or 0.0
-        self.ffn_dropout_prob = config["ffn_dropout_prob"] or 0.0
-        self.hidden_act = config["hidden_act"] or "relu"
-        self.initializer_range = config["initializer_range"]
-        self.beam_size = config["beam_size"]
-        self.sid_constrained = config["sid_constrained"]
         self.decode_mode = config["tiger_decode"]
         self.exact_rows = config["tiger_exact_rows"]
-        self.encoder_buckets = config["encoder_buckets"]
         if self.decode_mode not in DECODE_MODES:
             raise ValueError(
                 f"tiger_decode must be one of {DECODE_MODES}, got {self.decode_mode!r}"
@@ -77,29 +60,18 @@ class TIGER(GenerativeRecommender):
 
         # define layers
         m, d = self.sid_len, self.hidden_size
-        offsets = torch.tensor([0, *self.sid_vocab_sizes[:-1]]).cumsum(0) + 1
-        self.register_buffer("token_offset", offsets, persistent=False)  # (m,)
         self.bos = sum(self.sid_vocab_sizes) + 1
         self.token_embedding = nn.Embedding(self.bos + 1, d, padding_idx=0)
         self.recency_embedding = nn.Embedding(self.max_seq_length, d)
         self.slot_embedding = nn.Embedding(m, d)
         self.decoder_position_embedding = nn.Embedding(m, d)
-        stack = (d, self.n_heads, self.head_dim, self.inner_size, self.dropout_prob,
-                 self.attn_dropout_prob, self.ffn_dropout_prob)
-        self.encoder = Transformer(self.n_layers_enc, *stack, activation=self.hidden_act)
-        self.decoder = Transformer(self.n_layers_dec, *stack, cross_attention=True,
-                                   activation=self.hidden_act)
+        self.encoder = self.transformer(self.n_layers_enc)
+        self.decoder = self.transformer(self.n_layers_dec, cross_attention=True)
         self.heads = nn.ModuleList(nn.Linear(d, v) for v in self.sid_vocab_sizes)
         self.dropout = Dropout(self.dropout_prob)
 
         # parameters initialization
         self.apply(self._init_weights)
-
-    def _init_weights(self, module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            module.weight.data.normal_(mean=0.0, std=self.initializer_range)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            module.bias.data.zero_()
 
     def embed_history(self, item_seq_sid, item_seq_len):
         """History SIDs ``[B, L, m]`` (-1 = pad) -> inputs ``[B, S, d]``, real tokens ``[B, S]``.
@@ -129,26 +101,21 @@ class TIGER(GenerativeRecommender):
                                   self.encoder_buckets)
         return memory, mask
 
-    def decode(self, tokens, memory, memory_mask, cache: KVCache | None = None):
-        """Decoder tokens ``[N, T]`` (N = B * beams) -> hidden ``[N, T, d]``, causal."""
+    def decode(self, tokens, memory, memory_mask, cache: KVCache | None = None,
+               decoder: str = "eager"):
+        """Decoder tokens ``[N, T]`` (N = B * beams) -> hidden ``[N, T, d]``, causal.
+
+        ``decoder="train"``: the training forward's decoder (compiled under ``compile``)."""
         start = 0 if cache is None else len(cache)
         pos = self.decoder_position_embedding.weight[start : start + tokens.shape[1]]
         x = self.dropout(self.token_embedding(tokens) + pos)  # (N, T, d)
-        return self.decoder(x, causal=True, memory=memory, memory_mask=memory_mask, cache=cache)
+        stack = self.train_module("decoder") if decoder == "train" else self.decoder
+        return stack(x, causal=True, memory=memory, memory_mask=memory_mask, cache=cache)
 
     def decoder_inputs(self, target_sid):
         """Teacher forcing: target SIDs ``[N, m]`` -> tokens ``[BOS, t_0 .. t_{m-2}]``."""
         bos = target_sid.new_full((target_sid.shape[0], 1), self.bos)
         return torch.cat([bos, (target_sid + self.token_offset)[:, :-1]], 1)  # (N, m)
-
-    def logits(self, hidden):
-        """Hidden ``[N, m, d]`` -> ``[N, m, max_vocab]``; -inf beyond a position's vocab."""
-        V = max(self.sid_vocab_sizes)
-        out = [
-            F.pad(head(hidden[:, j]), (0, V - head.out_features), value=NEG_INF)
-            for j, head in enumerate(self.heads)
-        ]
-        return torch.stack(out, 1)
 
     def forward(self, item_seq_sid, item_seq_len, target_sid):
         """Teacher-forced logits ``[B, m, max_vocab]`` of the target SIDs ``[B, m]``.
@@ -161,10 +128,11 @@ class TIGER(GenerativeRecommender):
         inputs = self.decoder_inputs(target_sid)  # (B, m)
         hidden = x.new_empty(inputs.shape[0], self.sid_len, self.hidden_size)
         lengths = item_seq_len * self.sid_len
+        encoder = self.train_module("encoder")
         for rows, key_mask in length_buckets(lengths, self.encoder_buckets):
-            memory = self.encoder(x[rows, : key_mask.shape[1]], key_mask=key_mask)
-            hidden[rows] = self.decode(inputs[rows], memory, key_mask)
-        return self.logits(hidden)
+            memory = encoder(x[rows, : key_mask.shape[1]], key_mask=key_mask)
+            hidden[rows] = self.decode(inputs[rows], memory, key_mask, decoder="train")
+        return self.slot_logits(hidden)
 
     def calculate_loss(self, interaction):
         target = interaction[self.POS_ITEM_SID]  # (B, m)
@@ -192,7 +160,7 @@ class TIGER(GenerativeRecommender):
             for i0 in range(0, n, item_chunk):
                 i1 = min(n, i0 + item_chunk)
                 tokens = inputs[i0:i1].repeat(b1 - b0, 1)  # (Bc*Ic, m), user-major
-                logp = self.logits(self.decode(tokens, memory[b0:b1], mask[b0:b1])).log_softmax(-1)
+                logp = self.slot_logits(self.decode(tokens, memory[b0:b1], mask[b0:b1])).log_softmax(-1)
                 target = codes[i0:i1].repeat(b1 - b0, 1)[:, :, None]  # (Bc*Ic, m, 1)
                 ll = logp.gather(2, target).sum((1, 2))  # (Bc*Ic,)
                 scores[b0:b1, 1 + i0 : 1 + i1] = ll.view(b1 - b0, i1 - i0)

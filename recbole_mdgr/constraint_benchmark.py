@@ -1,6 +1,6 @@
 """Cost of the valid-SID constraint query as the catalogue grows (printed, not a test).
 
-    python benchmarks/constraint_index.py [--items 12000,100000,1000000] [--rows 5000]
+    python -m recbole_mdgr.constraint_benchmark [--items 12000,100000,1000000] [--rows 5000]
 
 Random 3 x 256 codes plus TIGER's dedup token for each catalogue size; 5,000 query rows per
 fixed-slot pattern; ms for one ``SIDTable.allowed_at`` call over all rows (median of 5,

@@ -1,0 +1,268 @@
+"""MADRec: the masked-diffusion loss, any-order masked beam search, counted forward passes."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_mdgr.model.decoding import choose_slots, masked_beam_search, nfe_schedule
+from recbole_mdgr.model.madrec import MADRec
+from recbole_mdgr.tokenizer.sid_table import build_table
+
+from test_tiger import L_MAX, FakeDataset, make_batch, make_table
+
+NEG_INF = float("-inf")
+
+
+def make_config(**overrides):
+    config = {
+        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
+        "ITEM_LIST_LENGTH_FIELD": "item_length", "NEG_PREFIX": "neg_",
+        "MAX_ITEM_LIST_LENGTH": L_MAX, "device": torch.device("cpu"), "topk": [5, 10],
+        "n_layers": 2, "hidden_size": 32, "n_heads": 2, "head_dim": 16, "inner_size": 64,
+        "hidden_act": "relu", "dropout_prob": 0.0, "attn_dropout_prob": 0.0,
+        "ffn_dropout_prob": 0.0, "initializer_range": 0.2, "encoder_buckets": 2,
+        "madrec_min_t": 0.001, "madrec_last_item_mask_prob": 0.0, "madrec_order": "greedy",
+        "madrec_nfe": None, "beam_size": 10, "sid_constrained": True, "seed": 0,
+    }
+    config.update(overrides)
+    return config
+
+
+def make_model(table, **overrides):
+    torch.manual_seed(0)
+    return MADRec(make_config(**overrides), FakeDataset(table)).eval()
+
+
+# ---------------------------------------------------------------------------- training
+def test_loss_is_the_1_over_t_weighted_ce_of_masked_tokens_only():
+    table = make_table(n_real=30, sizes=(4, 4))  # m = 3
+    model = make_model(table)
+    batch = make_batch(table, B=3)
+    length = batch["item_length"]
+    codes = model.sequence_codes(batch["item_id_list_sid"], length, batch["item_id_sid"])
+    real = codes.flatten(1) >= 0
+    mask = torch.zeros_like(real)
+    mask[0, [0, 4]] = True  # sequence 0: two tokens
+    mask[2, 1] = True  # sequence 2: one; sequence 1: none
+    t = torch.tensor([0.5, 0.9, 0.25])
+    loss = model.masked_loss(codes, mask, t, length + 1)
+    # by hand: the model's log-probs at the masked positions of the masked input
+    flat = codes.flatten(1)
+    hidden = model.encode(model.tokens_of(torch.where(mask.view_as(codes), -2, codes)),
+                          length + 1)
+    want = 0.0
+    hidden = hidden.detach()
+    for b, p in [(0, 0), (0, 4), (2, 1)]:
+        j = p % table.m
+        logp = model.heads[j](hidden[b, p]).log_softmax(-1)
+        want += -float(logp[flat[b, p]]) / float(t[b])
+    want /= int(real.sum())
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    # unmasked tokens add nothing: changing a target the mask does not cover...
+    other = codes.clone()
+    other[1, 0, 0] = (other[1, 0, 0] + 1) % 4
+    moved = model.masked_loss(other, mask, t, length + 1)
+    # ...changes only the model's input, never a loss term: with no token of sequence 1
+    # masked, the loss's terms are those of sequences 0 and 2 (their inputs unchanged)
+    assert moved.item() == pytest.approx(loss.item(), rel=1e-5)
+
+
+def test_mask_rate_follows_t_and_last_item_pattern():
+    table = make_table(n_real=30, sizes=(4, 4))
+    model = make_model(table, madrec_last_item_mask_prob=0.0)
+    real = torch.ones(4000, 12, dtype=torch.bool)
+    n_items = torch.full((4000,), 4)
+    gen = torch.Generator().manual_seed(0)
+    mask, t = model.sample_mask(real, n_items, gen)
+    assert t.min() >= 0.001 and abs(float(t.mean()) - 0.5) < 0.02
+    # masked share per sequence tracks its t
+    share = mask.float().mean(1)
+    assert float(torch.corrcoef(torch.stack([share, t]))[0, 1]) > 0.9
+    model.last_item_mask_prob = 1.0
+    mask, t = model.sample_mask(real, n_items, gen)
+    assert (t == 1).all()
+    assert mask[:, 9:].all() and not mask[:, :9].any()  # item 4 of 4 = tokens 9..11
+
+
+# ---------------------------------------------------------------------------- decoding
+def test_schedules_split_the_slots():
+    assert nfe_schedule(4, 4) == [1, 1, 1, 1] and nfe_schedule(4, 2) == [2, 2]
+    assert nfe_schedule(4, 1) == [4] and nfe_schedule(4, 3) == [1, 1, 2]
+    with pytest.raises(ValueError, match="1..4"):
+        nfe_schedule(4, 5)
+
+
+def test_greedy_commits_the_largest_margin_slot():
+    probs = torch.tensor([[[0.5, 0.4, 0.1],    # margin 0.1
+                           [0.9, 0.05, 0.05],  # margin 0.85, but already fixed below
+                           [0.7, 0.2, 0.1],    # margin 0.5
+                           [0.6, 0.3, 0.1]]])  # margin 0.3
+    masked = torch.tensor([[True, False, True, True]])
+    slots = choose_slots(probs.log(), masked, 2, "greedy")
+    assert slots.tolist() == [[2, 3]]
+    assert choose_slots(probs.log(), masked, 2, "left_to_right").tolist() == [[0, 2]]
+    gen = torch.Generator().manual_seed(0)
+    random = choose_slots(probs.log(), masked, 3, "random", gen)
+    assert sorted(random[0].tolist()) == [0, 2, 3]
+
+
+class SlotModel:
+    """A fake masked model: each slot's log-probs are a fixed random function of the user
+    and of the slots fixed so far (a dict lookup), counting its calls."""
+
+    def __init__(self, vocab_sizes, B, seed=0):
+        self.vocab_sizes, self.B, self.calls = vocab_sizes, B, 0
+        self.gen = torch.Generator().manual_seed(seed)
+        self.table = {}
+
+    def log_probs(self, user, partial):
+        key = (user, tuple(partial))
+        if key not in self.table:
+            V = max(self.vocab_sizes)
+            rows = []
+            for v in self.vocab_sizes:
+                logits = torch.full((V,), NEG_INF)
+                logits[:v] = 3 * torch.randn(v, generator=self.gen)
+                rows.append(logits.log_softmax(-1))
+            self.table[key] = torch.stack(rows)
+        return self.table[key]
+
+    def __call__(self, partial):
+        self.calls += 1
+        W = len(partial) // self.B
+        return torch.stack([self.log_probs(n // W, row) for n, row in
+                            enumerate(partial.tolist())])
+
+    def along(self, user, sid, order):
+        """Log-probability of ``sid`` when its slots are fixed one at a time in ``order``."""
+        partial, total = [-1] * len(sid), 0.0
+        for j in order:
+            total += float(self.log_probs(user, partial)[j, sid[j]])
+            partial[j] = sid[j]
+        return total
+
+
+def test_one_slot_per_step_at_full_width_is_exact_scoring_along_the_order():
+    table = build_table(np.random.default_rng(0).integers(0, 4, (25, 2)), [4, 4], "always")
+    B, n = 3, table.n_items - 1
+    model = SlotModel(table.vocab_sizes, B)
+    sids, scores = masked_beam_search(model, table, B, width=n, schedule=[1, 1, 1],
+                                      order="left_to_right")
+    assert model.calls == 3
+    for b in range(B):
+        exact = {tuple(c): model.along(b, c, range(3)) for c in table.codes[1:].tolist()}
+        ranking = sorted(exact, key=exact.get, reverse=True)
+        assert [tuple(s) for s in sids[b].tolist()] == ranking
+        torch.testing.assert_close(scores[b], torch.tensor([exact[s] for s in ranking]))
+
+
+@pytest.mark.parametrize("width", [3, 16])
+def test_two_slots_in_one_step_equal_joint_enumeration(width):
+    table = build_table(np.array([[i, j] for i in range(4) for j in range(4)]), [4, 4], "none")
+    B = 2
+    model = SlotModel(table.vocab_sizes, B, seed=5)
+    sids, scores = masked_beam_search(model, table, B, width=width, schedule=[2])
+    assert model.calls == 1
+    for b in range(B):
+        logp = model.log_probs(b, [-1, -1])
+        joint = {(x, y): float(logp[0, x] + logp[1, y])
+                 for x, y in itertools.product(range(4), range(4))}
+        best = sorted(joint, key=joint.get, reverse=True)[:width]
+        assert [tuple(s) for s in sids[b].tolist()] == best
+        torch.testing.assert_close(scores[b], torch.tensor([joint[s] for s in best]))
+
+
+@pytest.mark.parametrize("schedule", [[1, 1, 1], [1, 2], [2, 1], [3]])
+def test_constrained_search_returns_only_real_sids_with_nfe_equal_to_steps(schedule):
+    table = build_table(np.random.default_rng(1).integers(0, 6, (20, 2)), [6, 6], "always")
+    model = SlotModel(table.vocab_sizes, B=4, seed=2)
+    sids, scores = masked_beam_search(model, table, 4, width=8, schedule=schedule)
+    assert model.calls == len(schedule)
+    live = scores > NEG_INF
+    items = table.items_of(sids[live])
+    assert (items > 0).all() and live.sum(1).min() == 8
+
+
+# ---------------------------------------------------------------------------- the model
+@pytest.mark.parametrize("nfe", [1, 2, 4])
+def test_generate_runs_one_forward_per_step_for_all_beams(nfe):
+    table = make_table(n_real=40, sizes=(5, 6, 3))  # m = 4
+    model = make_model(table, madrec_nfe=nfe, beam_size=10)
+    calls = []
+    encode = model.encode
+    model.encode = lambda tokens, n: calls.append(len(tokens)) or encode(tokens, n)
+    batch = make_batch(table, B=5)
+    items, scores = model.generate(batch, k=10)
+    assert len(calls) == nfe  # not nfe x beams
+    # one row per user first, then one per live beam (at most 10 per user), in one call
+    assert calls[0] == 5 and all(c % 5 == 0 and c <= 5 * 10 for c in calls[1:])
+    assert (items > 0).all() and items.shape == (5, 10)
+    assert model.decode_stats.summary()["nfe_per_user"] == nfe
+    assert model.decode_stats.invalid == 0
+
+
+def test_model_beams_at_full_width_are_exact_left_to_right_scoring():
+    table = make_table(n_real=30, sizes=(4, 5))  # m = 3
+    n = table.n_items - 1
+    model = make_model(table, madrec_order="left_to_right", beam_size=n)
+    batch = make_batch(table, B=3, seed=3)
+    items, scores = model.generate(batch, k=n)
+    # exact: every item's SID scored slot by slot, left to right, through the model itself
+    length, B = batch["item_length"], 3
+    for b in range(B):
+        exact = {}
+        for item in range(1, table.n_items):
+            sid = table.codes[item].tolist()
+            total, partial = 0.0, [-1] * table.m
+            for j in range(table.m):
+                codes = model.sequence_codes(batch["item_id_list_sid"][b : b + 1],
+                                             length[b : b + 1],
+                                             torch.tensor([[c if c >= 0 else -2
+                                                            for c in partial]]))
+                hidden = model.encode(model.tokens_of(codes), length[b : b + 1] + 1)
+                pos = int(length[b]) * table.m
+                logp = model.slot_log_probs(hidden[:, pos : pos + table.m])[0]
+                total += float(logp[j, sid[j]])
+                partial[j] = sid[j]
+            exact[item] = total
+        ranking = sorted(exact, key=exact.get, reverse=True)
+        assert items[b].tolist() == ranking
+        torch.testing.assert_close(scores[b], torch.tensor([exact[i] for i in ranking]),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_loss_decreases_when_overfitting_a_tiny_batch():
+    table = make_table()
+    model = make_model(table, dropout_prob=0.1, initializer_range=0.02,
+                       madrec_last_item_mask_prob=0.5).train()
+    batch = make_batch(table, B=8)
+    length = batch["item_length"]
+    codes = model.sequence_codes(batch["item_id_list_sid"], length, batch["item_id_sid"])
+    last = torch.zeros_like(codes, dtype=torch.bool)
+    last[torch.arange(8), length] = True  # the inference pattern: the next item masked
+
+    def next_item_loss():
+        model.eval()
+        with torch.no_grad():
+            loss = model.masked_loss(codes, last.flatten(1), torch.ones(8), length + 1).item()
+        model.train()
+        return loss
+
+    before = next_item_loss()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    for _ in range(300):
+        loss = model.calculate_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = next_item_loss()
+    assert after < 0.2 * before, (before, after)
+    model.eval()
+    items, _ = model.generate(batch, k=1)
+    assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75
