@@ -28,6 +28,7 @@ def make_config(**overrides):
         "ffn_dropout_prob": 0.0, "initializer_range": 0.2, "encoder_buckets": 2,
         "madrec_min_t": 0.001, "madrec_last_item_mask_prob": 0.0, "madrec_order": "greedy",
         "madrec_nfe": None, "beam_size": 10, "sid_constrained": True, "seed": 0,
+        "madrec_attention": "full",
     }
     config.update(overrides)
     return config
@@ -266,3 +267,45 @@ def test_loss_decreases_when_overfitting_a_tiny_batch():
     model.eval()
     items, _ = model.generate(batch, k=1)
     assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75
+
+
+def test_cached_attention_decodes_exactly_what_its_masked_full_pass_computes():
+    """``cached``: the history encoded once + m tokens per step gives the same log-probs as
+    encoding the whole sequence with history tokens blind to the last item."""
+    table = make_table(n_real=30, sizes=(4, 5))
+    model = make_model(table, madrec_attention="cached")
+    batch = make_batch(table, B=4, seed=2)
+    history, length = batch["item_id_list_sid"], batch["item_length"]
+    step = model.cached_step(history, length)
+    partial = torch.tensor([[-1, -1, -1]] * 4 + [[2, -1, 0]] * 4)  # W = 2 beams per user
+    got = step(partial)
+    full = model.full_step(model.sequence_codes(history, length,
+                                                history.new_full((4, table.m), -2)), length + 1)
+    torch.testing.assert_close(got, full(partial), atol=1e-5, rtol=1e-5)
+    # and the mask matters: history tokens never see the last item's in cached mode
+    codes = model.sequence_codes(history, length, batch["item_id_sid"])
+    moved = codes.clone()
+    moved[torch.arange(4), length] = (moved[torch.arange(4), length] + 1) % 4
+    a = model.encode(model.tokens_of(codes), length + 1)
+    b = model.encode(model.tokens_of(moved), length + 1)
+    hist = torch.arange(a.shape[1])[None, :] < (length * table.m)[:, None]
+    torch.testing.assert_close(a[hist], b[hist])
+    model.attention = "full"
+    a = model.encode(model.tokens_of(codes), length + 1)
+    b = model.encode(model.tokens_of(moved), length + 1)
+    assert not torch.allclose(a[hist], b[hist])
+
+
+@pytest.mark.parametrize("nfe", [1, 2, 4])
+def test_cached_generate_encodes_history_once_then_one_pass_per_step(nfe):
+    table = make_table(n_real=40, sizes=(5, 6, 3))  # m = 4
+    model = make_model(table, madrec_nfe=nfe, madrec_attention="cached", beam_size=10)
+    rows = []
+    model.encoder.register_forward_hook(lambda mod, args, kwargs, out: rows.append(
+        tuple(args[0].shape[:2])), with_kwargs=True)
+    batch = make_batch(table, B=5)
+    items, _ = model.generate(batch, k=10)
+    L = int(batch["item_length"].max())
+    assert rows[0] == (5, L * table.m)  # the history, once per user
+    assert len(rows) == 1 + nfe and all(r[1] == table.m for r in rows[1:])  # m tokens a beam
+    assert (items > 0).all() and model.decode_stats.invalid == 0

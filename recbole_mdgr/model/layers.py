@@ -93,8 +93,9 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """Attend from ``x`` (N, T, d) to ``k``, ``v`` (B, H, S, hd); N = B * W.
 
-        ``key_mask`` (B, S) bool, True = a real key. ``causal``: query t (the last T of S
-        positions) sees keys up to its own position, so a cache of S - T past keys works.
+        ``key_mask`` (B, S) bool, True = a real key, or (B, T, S): which keys each query
+        may see. ``causal``: query t (the last T of S positions) sees keys up to its own
+        position, so a cache of S - T past keys works.
         """
         N, T, _ = x.shape
         B, H, S, hd = k.shape
@@ -104,7 +105,12 @@ class Attention(nn.Module):
             if causal:
                 raise ValueError("causal attention needs one key set per query row")
             q = q.view(B, W, H, T, hd).transpose(1, 2).reshape(B, H, W * T, hd)
-        mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
+        if key_mask is None:
+            mask = None
+        elif key_mask.dim() == 2:
+            mask = key_mask[:, None, None, :]  # (B, 1, 1, S)
+        else:
+            mask = key_mask[:, None]  # (B, 1, T, S)
         is_causal = causal and mask is None and S == T
         if causal and not is_causal:
             past = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # (T, S)
@@ -184,16 +190,22 @@ class Block(nn.Module):
         """``x`` (N, T, d) -> (N, T, d); ``memory`` (B, S, d) for cross-attention.
 
         With ``cache`` (this layer's dict of :class:`KVCache`), ``x`` holds only the new
-        positions: their keys/values are appended to the cached ones, and the memory's
-        keys/values are computed on the first call and reused after.
+        positions: their keys/values are appended to the cached ones (a cache with one row
+        per user serves that user's ``N / B`` beams), and the memory's keys/values are
+        computed on the first call and reused after. A frozen cache is read, never grown.
         """
         h = self.norm_self(x)
         k, v = self.self_attn.project_kv(h)  # (N, H, T, hd)
         if cache is not None:
             if "self" in cache:
                 past_k, past_v = cache["self"]
+                if past_k.shape[0] != k.shape[0]:  # one cached row per user, W beams each
+                    beams = k.shape[0] // past_k.shape[0]
+                    past_k = past_k.repeat_interleave(beams, 0)
+                    past_v = past_v.repeat_interleave(beams, 0)
                 k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
-            cache["self"] = (k, v)
+            if not cache.get("frozen", False):
+                cache["self"] = (k, v)
         x = x + self.drop(self.self_attn(h, k, v, key_mask, causal))
         if self.cross_attn is not None:
             if cache is not None and "cross" in cache:
@@ -261,6 +273,12 @@ class KVCache:
         """Number of positions decoded so far."""
         kv = self.layers[0].get("self")
         return 0 if kv is None else kv[0].shape[2]
+
+    def freeze(self) -> None:
+        """From now on, layers read the cached keys/values but never append to them (a
+        shared prefix, e.g. a history encoded once and reused by every decoding step)."""
+        for layer in self.layers:
+            layer["frozen"] = True
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Keep self-attention rows ``rows`` (N',) long, in that order (beam parents)."""

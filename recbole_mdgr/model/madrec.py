@@ -19,7 +19,10 @@ from recbole_mdgr.model.decoding import (
     masked_beam_search,
     nfe_schedule,
 )
-from recbole_mdgr.model.layers import Dropout, length_buckets
+from recbole_mdgr.model.layers import Dropout, KVCache, length_buckets
+
+
+ATTENTION_MODES = ("full", "cached")
 
 
 class MADRec(GenerativeRecommender):
@@ -48,6 +51,13 @@ class MADRec(GenerativeRecommender):
     in ``madrec_order`` (``greedy``: margin of top-1 over top-2 probability; the paper's
     default), ``madrec_nfe`` steps (NFE; ``m`` = one slot per step), every beam of every user
     of a batch in one forward pass per step, constrained to real items' SIDs.
+
+    ``madrec_attention``: ``full`` (the paper) lets every token attend to every token, so
+    each decoding step re-encodes the whole sequence for every beam. ``cached`` keeps the
+    history's tokens from attending to the last item's (the last item's tokens still see
+    everything), in training and inference alike: the history is then encoded once per user
+    and each step runs only the ``m`` next-item tokens of each beam through the stack, over
+    the history's cached keys and values.
     """
 
     def __init__(self, config, dataset):
@@ -69,6 +79,10 @@ class MADRec(GenerativeRecommender):
             raise ValueError("madrec_last_item_mask_prob must be in [0, 1], got "
                              f"{self.last_item_mask_prob}")
         self.order_seed = config["seed"]
+        self.attention = config["madrec_attention"] or "full"
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"madrec_attention must be one of {ATTENTION_MODES}, "
+                             f"got {self.attention!r}")
 
         # define layers
         m, d = self.sid_len, self.hidden_size
@@ -98,22 +112,35 @@ class MADRec(GenerativeRecommender):
         tokens = torch.where(codes >= 0, codes + self.token_offset, 0)
         return tokens.masked_fill(codes == -2, self.mask_token).flatten(1)
 
+    def embed(self, tokens, n_items):
+        """Tokens ``[N, I * m]`` of the first ``I`` items of sequences of ``n_items`` ``[N]``
+        items -> inputs ``[N, I * m, d]``: token + recency (0 = last item) + slot."""
+        I, m = tokens.shape[1] // self.sid_len, self.sid_len
+        steps = torch.arange(I, device=tokens.device)
+        recency = (n_items[:, None] - 1 - steps).clamp(min=0)  # (N, I)
+        return self.dropout(self.token_embedding(tokens)
+                            + self.recency_embedding(recency).repeat_interleave(m, 1)
+                            + self.slot_embedding.weight.repeat(I, 1))
+
+    def attention_mask(self, key_mask, n_items):
+        """``(b, S)`` real tokens -> what each query may see: ``(b, S)`` (``full``) or
+        ``(b, S, S)`` (``cached``: history queries do not see the last item's keys)."""
+        if self.attention == "full":
+            return key_mask
+        item = torch.arange(key_mask.shape[1], device=key_mask.device) // self.sid_len
+        last = item[None, :] == (n_items - 1)[:, None]  # (b, S)
+        return key_mask[:, None, :] & (~last[:, None, :] | last[:, :, None])
+
     def encode(self, tokens, n_items):
         """Tokens ``[N, I * m]`` of sequences of ``n_items`` ``[N]`` items -> hidden
         ``[N, I * m, d]`` (zeros at padding), run per length bucket."""
-        N, S = tokens.shape
-        I, m = S // self.sid_len, self.sid_len
-        steps = torch.arange(I, device=tokens.device)
-        recency = (n_items[:, None] - 1 - steps).clamp(min=0)  # (N, I), 0 = last item
-        x = (self.token_embedding(tokens)
-             + self.recency_embedding(recency).repeat_interleave(m, 1)
-             + self.slot_embedding.weight.repeat(I, 1))
-        x = self.dropout(x)
+        x = self.embed(tokens, n_items)
         encoder = self.train_module("encoder")
         out = x.new_zeros(x.shape)
-        for rows, key_mask in length_buckets(n_items * m, self.encoder_buckets):
+        for rows, key_mask in length_buckets(n_items * self.sid_len, self.encoder_buckets):
             S_b = key_mask.shape[1]
-            out[rows, :S_b] = encoder(x[rows, :S_b], key_mask=key_mask)
+            mask = self.attention_mask(key_mask, n_items[rows])
+            out[rows, :S_b] = encoder(x[rows, :S_b], key_mask=mask)
         return out
 
     def slot_log_probs(self, hidden):
@@ -183,6 +210,18 @@ class MADRec(GenerativeRecommender):
         generator = None
         if self.order == "random":
             generator = torch.Generator(device=codes.device).manual_seed(self.order_seed)
+        step = (self.cached_step(history, length) if self.attention == "cached"
+                else self.full_step(codes, n_items))
+        sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,
+                                          self.schedule, self.order, self.sid_constrained,
+                                          generator)
+        items, scores, generated, invalid = finish_beams(self.sid_table, sids, scores, k)
+        self.decode_stats.add(B, nfe=len(self.schedule), generated=generated, invalid=invalid)
+        return items, scores
+
+    def full_step(self, codes, n_items):
+        """Decoding step of ``full`` attention: the whole sequence, every beam, re-encoded."""
+        B = codes.shape[0]
 
         def step(partial):  # (N, m), -1 = masked, user-major rows
             W = partial.shape[0] // B
@@ -194,9 +233,25 @@ class MADRec(GenerativeRecommender):
             at = last[:, None] * self.sid_len + torch.arange(self.sid_len, device=seq.device)
             return self.slot_log_probs(hidden[rows[:, None], at])  # (N, m, V)
 
-        sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,
-                                          self.schedule, self.order, self.sid_constrained,
-                                          generator)
-        items, scores, generated, invalid = finish_beams(self.sid_table, sids, scores, k)
-        self.decode_stats.add(B, nfe=len(self.schedule), generated=generated, invalid=invalid)
-        return items, scores
+        return step
+
+    def cached_step(self, history, length):
+        """Decoding step of ``cached`` attention: the history is encoded once here (its
+        keys/values kept per layer); each step runs only the beams' ``m`` next-item tokens."""
+        B, L = history.shape[0], int(length.max())
+        hist_tokens = self.tokens_of(history[:, :L])  # (B, L*m)
+        real = hist_tokens > 0
+        cache = KVCache(self.n_layers)
+        self.encoder(self.embed(hist_tokens, length + 1), key_mask=real, cache=cache)
+        cache.freeze()
+        position = self.recency_embedding.weight[0] + self.slot_embedding.weight  # (m, d)
+
+        def step(partial):  # (N, m), -1 = masked, user-major rows
+            W = partial.shape[0] // B
+            tokens = self.tokens_of(torch.where(partial >= 0, partial, -2)[:, None])  # (N, m)
+            x = self.token_embedding(tokens) + position
+            key_mask = torch.cat([real.repeat_interleave(W, 0),
+                                  real.new_ones(partial.shape)], 1)  # (N, L*m + m)
+            return self.slot_log_probs(self.encoder(x, key_mask=key_mask, cache=cache))
+
+        return step
