@@ -12,11 +12,16 @@
 - RecBole 1.2.1's metrics use ``np.float`` (gone since numpy 1.24); RecBole restores the
   alias only when a ``Config`` is constructed, which a reloaded checkpoint never does.
   :func:`load_checkpoint` restores it too.
+- RecBole 1.2.1 raises FutureWarnings from its own code on every run (pandas' chained
+  ``fillna(inplace=True)``, ``Series.agg(len)``, ``torch.cuda.amp.GradScaler``);
+  :func:`quiet_recbole_warnings` hides those, and only those, on our entry points. The
+  ``fillna`` calls still fill on pandas < 3 (pinned); they go when RecBole fixes them.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -31,6 +36,11 @@ def load_checkpoint(path: str, map_location=None) -> dict:
     # the pickled Config skipped its __init__, which is where RecBole sets numpy's aliases
     checkpoint["config"].compatibility_settings()
     return checkpoint
+
+
+def quiet_recbole_warnings() -> None:
+    """Ignore FutureWarnings raised from RecBole's modules (not the user's, not ours)."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
 
 
 def check_versions() -> None:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_mdgr.compat import check_versions, load_checkpoint
+from recbole_mdgr.compat import check_versions, load_checkpoint, quiet_recbole_warnings
 from recbole_mdgr.config import Config
 from recbole_mdgr.data import create_dataset, data_preparation
 from recbole_mdgr.trainer import check_topk_metrics
@@ -57,6 +57,7 @@ def run_recbole_mdgr(
         ``test_decode`` (NFE per user, decode ms per user, invalid-SID share).
     """
     check_versions()
+    quiet_recbole_warnings()
     config = Config(
         model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
     )
@@ -168,6 +169,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True) -> d
 
 def load_data_and_model(model_file: str):
     """Config, model (with the saved weights), dataset and dataloaders of a checkpoint."""
+    quiet_recbole_warnings()
     checkpoint = load_checkpoint(model_file)
     config = checkpoint["config"]
     init_seed(config["seed"], config["reproducibility"])

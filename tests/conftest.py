@@ -79,3 +79,17 @@ def tiny(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["pytest"])
     write_tiny_dataset(tmp_path)
     return tmp_path, tiny_config(tmp_path)
+
+
+def overfit(model, batch, steps, lr=3e-3):
+    """``steps`` AdamW steps of ``model`` on one batch; the losses."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model.calculate_loss(batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

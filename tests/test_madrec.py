@@ -13,6 +13,7 @@ from recbole_mdgr.model.decoding import choose_slots, masked_beam_search, nfe_sc
 from recbole_mdgr.model.madrec import MADRec
 from recbole_mdgr.tokenizer.sid_table import build_table
 
+from conftest import overfit
 from test_tiger import L_MAX, FakeDataset, make_batch, make_table
 
 NEG_INF = float("-inf")
@@ -255,13 +256,8 @@ def test_loss_decreases_when_overfitting_a_tiny_batch():
         return loss
 
     before = next_item_loss()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     torch.manual_seed(0)
-    for _ in range(300):
-        loss = model.calculate_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    overfit(model, batch, 300)
     after = next_item_loss()
     assert after < 0.2 * before, (before, after)
     model.eval()

@@ -14,7 +14,13 @@ TINY = {
               "beam_size": 20},
     "MADRec": {"n_layers": 1, "hidden_size": 16, "n_heads": 2, "head_dim": 8,
                "inner_size": 32, "sid_levels": 2, "sid_codebook_size": 8, "beam_size": 20},
+    "MDGR": {"n_layers_enc": 1, "n_layers_dec": 1, "hidden_size": 16, "n_heads": 2,
+             "head_dim": 8, "inner_size": 32, "sid_levels": 2, "sid_codebook_size": 8,
+             "sid_dedup": "always", "beam_size": 20, "mdgr_warmup_steps": 1,
+             "mdgr_parallel": 2},
 }
+# 3 SID slots (2 levels + the dedup token): one step each, or MDGR's 1 warm-up + 1 of 2
+NFE = {"TIGER": 3, "MADRec": 3, "MDGR": 2}
 
 
 @pytest.mark.parametrize("model", sorted(TINY))
@@ -26,10 +32,10 @@ def test_model_trains_evaluates_and_reloads_to_identical_metrics(tiny, model, ca
     test = result["test_result"]
     assert set(test) == {f"{m}@{k}" for m in ("recall", "ndcg", "mrr", "hit") for k in (5, 10, 20)}
     decode = result["test_decode"]
-    assert decode["nfe_per_user"] == 3  # 2 levels + dedup token, one step each
+    assert decode["nfe_per_user"] == NFE[model]
     assert decode["invalid_sid_share"] == 0.0  # constrained decoding
     assert decode["decode_ms_per_user"] > 0
-    assert any("nfe_per_user=3," in r.getMessage() for r in caplog.records)
+    assert any(f"nfe_per_user={NFE[model]}," in r.getMessage() for r in caplog.records)
     training = result["training"]
     assert training["epochs"] == 2 and training["stopped_by"] == "max_epochs"
     assert [p["epoch"] for p in training["valid_curve"]] == [0, 1]

@@ -32,3 +32,13 @@ def test_unknown_model_on_the_command_line_names_the_choices(tmp_path):
     done = _run(tmp_path, "--model=Tiger", "--dataset=ml-100k")
     assert done.returncode != 0
     assert "Unknown model 'Tiger'. Did you mean TIGER" in done.stderr
+
+
+def test_runner_output_has_no_recbole_future_warnings(tmp_path):
+    done = _run(tmp_path, "--model=SASRec", "--dataset=ml-100k", "--epochs=1",
+                "--MAX_ITEM_LIST_LENGTH=5", "--hidden_size=8", "--inner_size=16",
+                "--n_layers=1", "--eval_batch_size=2048", "--show_progress=False",
+                f"--checkpoint_dir={tmp_path / 'saved'}")
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "FutureWarning" not in done.stderr
+    assert "test result" in done.stdout + done.stderr

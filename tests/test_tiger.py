@@ -11,6 +11,8 @@ from recbole_mdgr.model.layers import KVCache
 from recbole_mdgr.model.tiger import TIGER
 from recbole_mdgr.tokenizer.sid_table import build_table
 
+from conftest import overfit
+
 L_MAX = 6
 
 
@@ -227,16 +229,9 @@ def test_full_sort_predict_scores_generated_items_only(caplog):
 
 def test_loss_decreases_when_overfitting_a_tiny_batch():
     table = make_table()
-    model = make_model(table, dropout_prob=0.1, initializer_range=0.02).train()
+    model = make_model(table, dropout_prob=0.1, initializer_range=0.02)
     batch = make_batch(table, B=8)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(60):
-        loss = model.calculate_loss(batch)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = overfit(model, batch, 60)
     assert losses[-1] < 0.2 * losses[0]
     # and the trained model generates the targets first
     model.eval()

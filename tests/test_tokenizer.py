@@ -128,6 +128,19 @@ def test_opq_accepts_codebook_size_that_is_not_a_power_of_two():
     assert codes.shape == (300, 3) and codes.max() == 29  # a 30-codeword book, not 2^bits
 
 
+def test_opq_parallel_codebook_keeps_every_item_unique_and_reachable():
+    """MDGR's codebook: 8 sub-codebooks; with the dedup slot only where codes collide."""
+    settings = SIDSettings(quantizer="opq", codebook_sizes=(16,) * 8, levels=8)
+    raw = make_quantizer(settings).fit_encode(clustered(n=400, d=32, centers=40), seed=0)
+    table = build_table(raw, [16] * 8, dedup="auto")
+    assert table.m in (8, 9) and table.n_items == 401
+    codes = table.codes[1:]
+    assert len(torch.unique(codes, dim=0)) == 400
+    np.testing.assert_array_equal(table.items_of(codes).numpy(), np.arange(1, 401))
+    for j in range(8):  # every sub-codebook in use
+        assert len(np.unique(raw[:, j])) >= 12
+
+
 # ---------------------------------------------------------------------------- table
 def test_dedup_makes_every_sid_unique_and_keeps_every_item():
     raw = np.array([[0, 1], [0, 1], [2, 3], [0, 1], [2, 3], [1, 1]])

@@ -1,0 +1,236 @@
+"""
+MDGR
+################################################
+
+Reference:
+    "Masked Diffusion Generative Recommendation" (MDGR), arXiv 2601.19501; specification:
+    ../shared/papers/mdgr-summary.txt (no code and no full text of MDGR exist to read).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recbole_mdgr.model.base import GenerativeRecommender
+from recbole_mdgr.model.decoding import finish_beams, masked_beam_search
+from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length
+
+
+def decoding_schedule(n_slots: int, warmup: int, parallel: int) -> list[int]:
+    """``warmup`` one-slot steps, then steps of ``parallel`` slots (the last may be smaller).
+
+    NFE = ``min(warmup, n_slots) + ceil((n_slots - warmup) / parallel)``.
+    """
+    if parallel < 1 or warmup < 0:
+        raise ValueError(f"mdgr_parallel must be >= 1 and mdgr_warmup_steps >= 0, got "
+                         f"{parallel} and {warmup}")
+    warm = min(warmup, n_slots)
+    rest = n_slots - warm
+    return [1] * warm + [min(parallel, rest - i) for i in range(0, rest, parallel)]
+
+
+def mask_count_distribution(n_slots: int, delta: float, width: float,
+                            full_floor: float) -> torch.Tensor:
+    """P(k masked slots), k = 1..n_slots, at curriculum difficulty ``delta`` in [0, 1].
+
+    A discretised Gaussian over the masked share ``(k - 1) / (n_slots - 1)`` centred on
+    ``delta`` (std ``width``): its mass moves from k = 1 to k = n_slots as delta grows. A
+    ``full_floor`` share always goes to k = n_slots, the fully masked SID inference starts
+    from, so every difficulty trains that case too.
+    """
+    k = torch.arange(n_slots, dtype=torch.float64)
+    share = k / max(n_slots - 1, 1)
+    p = torch.exp(-0.5 * ((share - delta) / width) ** 2)
+    p = (1 - full_floor) * p / p.sum()
+    p[-1] += full_floor
+    return p
+
+
+class MDGR(GenerativeRecommender):
+    r"""Masked diffusion over a parallel-codebook SID: history encoder + bidirectional decoder.
+
+    SIDs: ``opq`` (by default 8 sub-codebooks x 300 codewords, no dedup token unless codes
+    collide): every slot is its own subspace, so slots can be decoded in any order.
+
+    History encoder (``n_layers_enc``, bidirectional): one vector per history item, the
+    **mean of its slots' token embeddings** (each slot its own vocabulary) plus a learned
+    recency embedding (0 = newest item); padding items cost no compute (length buckets). It
+    runs once per user per ``generate`` call; every decoding step reuses its output through
+    cross-attention, whose keys/values are computed once and shared by the user's beams.
+
+    Decoder (``n_layers_dec``): bidirectional self-attention over the target's ``L`` slots
+    and cross-attention to the history. Its input at slot ``j``: the committed code's token
+    embedding or the mask embedding, plus a slot embedding and a **difficulty embedding** of
+    ``delta`` (``mdgr_difficulty_bins`` bins). One head per slot over its own codebook.
+
+    Training (one sample per target, the prefix form): the curriculum turns training
+    progress ``p`` (steps / ``mdgr_curriculum_epochs`` epochs of steps, capped at 1) into
+    ``delta = p ** mdgr_gamma`` and draws the number of masked slots ``k`` from
+    :func:`mask_count_distribution`; history-aware allocation then draws which ``k`` slots,
+    without replacement, with weight ``1 / (count + mdgr_history_smoothing)`` (``count`` =
+    history items sharing the target's code at that slot) mixed with uniform
+    (``mdgr_history_mix`` = the history-aware share). Loss: cross-entropy of the masked slots,
+    averaged. Switches for ablations: ``mdgr_curriculum: False`` (k uniform on 1..L, delta =
+    1), ``mdgr_history_aware: False`` (slots uniform). Inference uses delta = 1, the
+    curriculum's end point, where the decoder starts from a fully masked SID.
+
+    Decoding: ``mdgr_warmup_steps`` steps committing one slot per beam (chosen by
+    confidence: the largest top-1 minus top-2 probability), then steps of ``mdgr_parallel``
+    slots; ``beam_size`` beams throughout; constrained to real items' SIDs;
+    NFE = R_warm + ceil((L - R_warm) / m_par), logged with every evaluation.
+    """
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+
+        # load parameters info
+        self.read_stack_config(config)
+        self.n_layers_enc = config["n_layers_enc"]
+        self.n_layers_dec = config["n_layers_dec"]
+        self.curriculum = bool(config["mdgr_curriculum"])
+        self.gamma = config["mdgr_gamma"]
+        self.curriculum_epochs = config["mdgr_curriculum_epochs"]
+        self.curriculum_width = config["mdgr_curriculum_width"]
+        self.full_mask_floor = config["mdgr_full_mask_floor"]
+        self.difficulty_bins = config["mdgr_difficulty_bins"]
+        self.history_aware = bool(config["mdgr_history_aware"])
+        self.history_smoothing = config["mdgr_history_smoothing"]
+        self.history_mix = config["mdgr_history_mix"]
+        self.schedule = decoding_schedule(self.sid_len, config["mdgr_warmup_steps"],
+                                          config["mdgr_parallel"])
+        if config["mdgr_parallel"] > self.sid_len:
+            raise ValueError(f"mdgr_parallel={config['mdgr_parallel']} is more than the "
+                             f"{self.sid_len} SID slots")
+        for key, value in (("mdgr_gamma", self.gamma), ("mdgr_curriculum_width",
+                                                         self.curriculum_width),
+                           ("mdgr_curriculum_epochs", self.curriculum_epochs)):
+            if not value > 0:
+                raise ValueError(f"{key} must be > 0, got {value}")
+        for key, value in (("mdgr_full_mask_floor", self.full_mask_floor),
+                           ("mdgr_history_mix", self.history_mix)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{key} must be in [0, 1], got {value}")
+        batch = config["train_batch_size"]
+        self.steps_per_epoch = max(1, math.ceil(len(dataset) / batch)) if batch else 1
+
+        # define layers
+        m, d = self.sid_len, self.hidden_size
+        self.mask_token = sum(self.sid_vocab_sizes) + 1
+        self.token_embedding = nn.Embedding(self.mask_token + 1, d, padding_idx=0)
+        self.recency_embedding = nn.Embedding(self.max_seq_length, d)
+        self.slot_embedding = nn.Embedding(m, d)
+        self.difficulty_embedding = nn.Embedding(self.difficulty_bins + 1, d)
+        self.encoder = self.transformer(self.n_layers_enc)
+        self.decoder = self.transformer(self.n_layers_dec, cross_attention=True)
+        self.heads = nn.ModuleList(nn.Linear(d, v) for v in self.sid_vocab_sizes)
+        self.dropout = Dropout(self.dropout_prob)
+        # training steps taken: the curriculum's clock, saved with the checkpoint
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
+
+        # parameters initialization
+        self.apply(self._init_weights)
+
+    # ------------------------------------------------------------------ networks
+    def encode(self, item_seq_sid, item_seq_len):
+        """History SIDs ``[B, L_max, m]`` -> memory ``[B, L, d]`` (one vector per item),
+        mask ``[B, L]``."""
+        L = int(item_seq_len.max())
+        sid = item_seq_sid[:, :L]  # (B, L, m)
+        real = sid >= 0
+        tokens = torch.where(real, sid + self.token_offset, 0)
+        items = self.token_embedding(tokens).sum(2) / real.sum(2, keepdim=True).clamp(min=1)
+        steps = torch.arange(L, device=sid.device)
+        recency = (item_seq_len[:, None] - 1 - steps).clamp(min=0)
+        x = self.dropout(items + self.recency_embedding(recency))
+        memory = encode_by_length(self.train_module("encoder"), x, item_seq_len,
+                                  self.encoder_buckets)
+        return memory, real[:, :, 0]
+
+    def decode(self, partial, memory, memory_mask, delta, cache=None):
+        """Partial SIDs ``[N, m]`` (-1 = masked) over each user's memory (``N = B * W``
+        rows, user-major) at difficulty ``delta`` (float or ``[N]``) -> ``[N, m, V]``
+        logits."""
+        tokens = torch.where(partial >= 0, partial + self.token_offset, self.mask_token)
+        delta = torch.as_tensor(delta, device=partial.device, dtype=torch.float)
+        bins = (delta * self.difficulty_bins).round().long().expand(partial.shape[0])
+        x = (self.token_embedding(tokens) + self.slot_embedding.weight
+             + self.difficulty_embedding(bins)[:, None])
+        decoder = self.decoder if cache is not None else self.train_module("decoder")
+        hidden = decoder(self.dropout(x), memory=memory, memory_mask=memory_mask, cache=cache)
+        return self.slot_logits(hidden)
+
+    # ------------------------------------------------------------------ noise
+    def progress(self) -> float:
+        """Training progress p in [0, 1]: steps over ``mdgr_curriculum_epochs`` epochs."""
+        return min(1.0, float(self.train_steps) / (self.curriculum_epochs * self.steps_per_epoch))
+
+    def difficulty(self, p: float) -> float:
+        return p ** self.gamma if self.curriculum else 1.0
+
+    def sample_mask_counts(self, n: int, delta: float, generator=None) -> torch.Tensor:
+        """``[n]`` numbers of masked slots in 1..m at difficulty ``delta``."""
+        if self.curriculum:
+            probs = mask_count_distribution(self.sid_len, delta, self.curriculum_width,
+                                            self.full_mask_floor)
+        else:
+            probs = torch.full((self.sid_len,), 1.0 / self.sid_len, dtype=torch.float64)
+        return torch.multinomial(probs, n, replacement=True, generator=generator) + 1
+
+    def slot_weights(self, item_seq_sid, target_sid):
+        """``[B, m]`` probabilities of masking each slot: rare-in-history target tokens
+        weigh more (history-aware), mixed with uniform; uniform when switched off."""
+        m = self.sid_len
+        uniform = torch.full(target_sid.shape, 1.0 / m, device=target_sid.device)
+        if not self.history_aware:
+            return uniform
+        count = (item_seq_sid == target_sid[:, None, :]).sum(1).float()  # (B, m)
+        rare = 1.0 / (count + self.history_smoothing)
+        rare = rare / rare.sum(1, keepdim=True)
+        return self.history_mix * rare + (1 - self.history_mix) * uniform
+
+    def sample_mask(self, item_seq_sid, target_sid, delta: float, generator=None):
+        """``[B, m]`` bool: for each sample, k slots drawn without replacement (Gumbel
+        top-k over the log of :meth:`slot_weights`)."""
+        B, m = target_sid.shape
+        device = target_sid.device
+        k = self.sample_mask_counts(B, delta, generator).to(device)  # (B,)
+        weights = self.slot_weights(item_seq_sid, target_sid)
+        u = torch.rand(B, m, generator=generator).to(device).clamp(1e-12, 1.0)
+        keys = weights.log() - torch.log(-torch.log(u))  # Gumbel perturbation
+        rank = keys.argsort(1, descending=True).argsort(1)  # (B, m): 0 = first drawn
+        return rank < k[:, None]
+
+    # ------------------------------------------------------------------ training
+    def calculate_loss(self, interaction):
+        history = interaction[self.ITEM_SEQ_SID]
+        length = interaction[self.ITEM_SEQ_LEN]
+        target = interaction[self.POS_ITEM_SID]  # (B, m)
+        delta = self.difficulty(self.progress())
+        mask = self.sample_mask(history, target, delta)
+        memory, memory_mask = self.encode(history, length)
+        logits = self.decode(target.masked_fill(mask, -1), memory, memory_mask, delta)
+        if self.training:
+            self.train_steps += 1
+        return F.cross_entropy(logits[mask].float(), target[mask])
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def generate(self, interaction, k):
+        memory, memory_mask = self.encode(interaction[self.ITEM_SEQ_SID],
+                                          interaction[self.ITEM_SEQ_LEN])
+        B = memory.shape[0]
+        cache = KVCache(self.n_layers_dec)  # the memory's keys/values, once per call
+        cache.freeze()  # the slots' own keys/values are recomputed at every step
+
+        def step(partial):  # (N, m), -1 = masked, user-major
+            return self.decode(partial, memory, memory_mask, 1.0, cache).float().log_softmax(-1)
+
+        sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,
+                                          self.schedule, "greedy", self.sid_constrained)
+        items, scores, generated, invalid = finish_beams(self.sid_table, sids, scores, k)
+        self.decode_stats.add(B, nfe=len(self.schedule), generated=generated, invalid=invalid)
+        return items, scores

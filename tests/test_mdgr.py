@@ -1,0 +1,169 @@
+"""MDGR: curriculum and history-aware masking do what the paper says; decoding's NFE."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_mdgr.model.mdgr import MDGR, decoding_schedule, mask_count_distribution
+from recbole_mdgr.tokenizer.sid_table import build_table
+
+from conftest import overfit
+from test_tiger import L_MAX, make_batch
+
+
+class FakeDataset:
+    def __init__(self, table, n_samples=512):
+        self.sid_table, self.n_samples = table, n_samples
+
+    def num(self, field):
+        return self.sid_table.n_items
+
+    def __len__(self):
+        return self.n_samples
+
+
+def make_config(**overrides):
+    config = {
+        "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "LIST_SUFFIX": "_list",
+        "ITEM_LIST_LENGTH_FIELD": "item_length", "NEG_PREFIX": "neg_",
+        "MAX_ITEM_LIST_LENGTH": L_MAX, "device": torch.device("cpu"), "topk": [5, 10],
+        "n_layers_enc": 2, "n_layers_dec": 2, "hidden_size": 32, "n_heads": 2,
+        "head_dim": 16, "inner_size": 64, "hidden_act": "relu", "dropout_prob": 0.0,
+        "attn_dropout_prob": 0.0, "ffn_dropout_prob": 0.0, "initializer_range": 0.2,
+        "encoder_buckets": 2, "mdgr_curriculum": True, "mdgr_gamma": 2.0,
+        "mdgr_curriculum_epochs": 4, "mdgr_curriculum_width": 0.25,
+        "mdgr_full_mask_floor": 0.1, "mdgr_difficulty_bins": 10, "mdgr_history_aware": True,
+        "mdgr_history_smoothing": 1.0, "mdgr_history_mix": 0.5, "mdgr_warmup_steps": 2,
+        "mdgr_parallel": 2, "beam_size": 10, "sid_constrained": True,
+        "train_batch_size": 64,
+    }
+    config.update(overrides)
+    return config
+
+
+def parallel_table(n_real=60, L=6, V=5, seed=0):
+    """A parallel-codebook-like table: L independent slots, unique rows."""
+    raw = np.unique(np.random.default_rng(seed).integers(0, V, (n_real * 2, L)), axis=0)[:n_real]
+    return build_table(raw, [V] * L, dedup="none")
+
+
+def make_model(table, **overrides):
+    torch.manual_seed(0)
+    return MDGR(make_config(**overrides), FakeDataset(table)).eval()
+
+
+# ---------------------------------------------------------------------------- noise
+def test_mask_count_mean_rises_with_progress_and_full_mask_never_vanishes():
+    table = parallel_table(L=8)
+    model = make_model(table)
+    gen = torch.Generator().manual_seed(0)
+    means, full = [], []
+    for p in (0.0, 0.25, 0.5, 0.75, 1.0):
+        k = model.sample_mask_counts(20000, model.difficulty(p), gen)
+        means.append(float(k.float().mean()))
+        full.append(float((k == 8).float().mean()))
+    assert all(b > a + 0.1 for a, b in zip(means, means[1:])), means
+    assert means[0] < 3.0 and means[-1] > 6.5
+    assert min(full) >= 0.09  # the floor: k = L at every p
+    # gamma: a larger exponent ramps more slowly
+    assert model.difficulty(0.5) == pytest.approx(0.25)
+    model.gamma = 4.0
+    assert model.difficulty(0.5) == pytest.approx(0.0625)
+    probs = mask_count_distribution(8, 0.0, 0.25, 0.1)
+    assert float(probs.sum()) == pytest.approx(1.0) and int(probs.argmax()) == 0
+
+
+def test_progress_is_counted_in_training_steps_and_saved():
+    table = parallel_table()
+    model = make_model(table).train()  # 512 samples / batch 64 = 8 steps an epoch, 4 epochs
+    batch = make_batch(table, B=6)
+    for _ in range(16):
+        model.calculate_loss(batch)
+    assert model.progress() == pytest.approx(16 / 32)
+    assert int(model.state_dict()["train_steps"]) == 16
+    model.eval()
+    model.calculate_loss(batch)  # evaluation never moves the clock
+    assert int(model.train_steps) == 16
+
+
+def test_rare_in_history_slots_are_masked_more_often():
+    table = parallel_table(L=4)
+    model = make_model(table)
+    # slot 0 and 1: the target's code appears in all 5 history items; slots 2, 3: in none
+    target = torch.tensor([[1, 2, 3, 4]]).repeat(4000, 1)
+    history = torch.tensor([[1, 2, 0, 0]] * 5)[None].repeat(4000, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    mask = model.sample_mask(history, target, delta=0.0, generator=gen)  # mostly k = 1
+    rate = mask.float().mean(0)
+    assert rate[2] > 1.4 * rate[0] and rate[3] > 1.4 * rate[1], rate
+    # uniform when switched off
+    model.history_aware = False
+    rate = model.sample_mask(history, target, 0.0, gen).float().mean(0)
+    assert float(rate.max() - rate.min()) < 0.05  # 4,000 draws: about 6 standard errors
+
+
+def test_random_masking_ablation_is_uniform_in_k():
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_curriculum=False)
+    k = model.sample_mask_counts(20000, model.difficulty(0.0))
+    share = torch.bincount(k, minlength=5)[1:].float() / 20000
+    assert torch.allclose(share, torch.full((4,), 0.25), atol=0.02)
+
+
+# ---------------------------------------------------------------------------- decoding
+@pytest.mark.parametrize("L, warm, par, nfe", [(8, 4, 2, 6), (8, 0, 3, 3), (8, 6, 4, 7),
+                                               (4, 4, 2, 4), (5, 2, 2, 4), (8, 8, 1, 8)])
+def test_nfe_follows_the_formula(L, warm, par, nfe):
+    schedule = decoding_schedule(L, warm, par)
+    assert sum(schedule) == L and len(schedule) == nfe
+    assert nfe == min(warm, L) + -(-(L - min(warm, L)) // par)
+
+
+def test_generate_encodes_once_and_counts_nfe():
+    table = parallel_table(L=6)
+    model = make_model(table, mdgr_warmup_steps=2, mdgr_parallel=3)
+    calls = {"encoder": 0, "decoder": 0}
+    model.encoder.register_forward_hook(lambda *a: calls.__setitem__("encoder",
+                                                                     calls["encoder"] + 1))
+    model.decoder.register_forward_hook(lambda *a: calls.__setitem__("decoder",
+                                                                     calls["decoder"] + 1))
+    batch = make_batch(table, B=5)
+    model.encoder_buckets = 1
+    items, scores = model.generate(batch, k=10)
+    assert calls == {"encoder": 1, "decoder": 4}  # NFE = 2 + ceil(4 / 3)
+    assert model.decode_stats.summary()["nfe_per_user"] == 4
+    assert (items > 0).all() and model.decode_stats.invalid == 0
+    assert all(len(set(r.tolist())) == 10 for r in items)
+
+
+def test_one_slot_per_step_equals_the_shared_one_slot_search():
+    table = parallel_table(L=4)
+    a = make_model(table, mdgr_warmup_steps=4, mdgr_parallel=2)
+    b = make_model(table, mdgr_warmup_steps=0, mdgr_parallel=1)
+    assert a.schedule == b.schedule == [1, 1, 1, 1]
+    batch = make_batch(table, B=4)
+    items_a, scores_a = a.generate(batch, k=10)
+    items_b, scores_b = b.generate(batch, k=10)
+    assert torch.equal(items_a, items_b) and torch.equal(scores_a, scores_b)
+
+
+def test_invalid_knobs_are_refused():
+    table = parallel_table(L=4)
+    with pytest.raises(ValueError, match="mdgr_parallel=5"):
+        make_model(table, mdgr_parallel=5)
+    with pytest.raises(ValueError, match="mdgr_history_mix"):
+        make_model(table, mdgr_history_mix=1.5)
+
+
+def test_loss_decreases_and_the_model_learns_its_targets():
+    table = parallel_table(L=4)
+    model = make_model(table, initializer_range=0.02, dropout_prob=0.1)
+    batch = make_batch(table, B=8)
+    torch.manual_seed(0)
+    losses = overfit(model, batch, 200)
+    assert np.mean(losses[-20:]) < 0.35 * np.mean(losses[:20])
+    model.eval()
+    items, _ = model.generate(batch, k=1)
+    assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75
