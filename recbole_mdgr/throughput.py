@@ -123,29 +123,36 @@ def inference_throughput(model, eval_data, config, users: int) -> dict:
 
 def stack_throughput(n_layers: int = 8, d_model: int = 128, n_heads: int = 8,
                      head_dim: int = 16, inner_size: int = 3072, batch: int = 256,
-                     tokens: int = 80, steps: int = 5, **dropouts) -> dict:
-    """An encoder-only ``layers.Transformer`` (MADRec's shape by default), AdamW steps."""
+                     tokens: int = 80, steps: int = 5, compile: bool = False,
+                     **knobs) -> dict:
+    """An encoder-only ``layers.Transformer`` (MADRec's shape by default), AdamW steps.
+
+    ``knobs``: ``dropout``, ``attn_dropout``, ``ffn_dropout``, ``activation``."""
     from recbole_mdgr.model.layers import Transformer
 
     torch.manual_seed(0)
-    stack = Transformer(n_layers, d_model, n_heads, head_dim, inner_size, **dropouts)
+    stack = Transformer(n_layers, d_model, n_heads, head_dim, inner_size, **knobs)
+    run = torch.compile(stack) if compile else stack
     head = torch.nn.Linear(d_model, 257)
     params = list(stack.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3)
     x = torch.randn(batch, tokens, d_model)
     target = torch.randint(0, 257, (batch, tokens))
 
-    def step():
+    def step(module=run):
         optimizer.zero_grad()
-        logits = head(stack(x))
+        logits = head(module(x))
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), target.flatten()).backward()
         optimizer.step()
 
     stack.train()
-    flops = step_flops(step)
+    flops = step_flops(lambda: step(stack))  # the eager graph: the same arithmetic
+    if compile:
+        step()  # compilation, outside the timing
     seconds = time_steps(step, steps)
+    knobs = ", ".join(f"{k}={v}" for k, v in knobs.items()) or "no dropout"
     return {"model": f"encoder stack {n_layers}x{d_model}, FFN {inner_size}, "
-                     f"{batch}x{tokens} tokens, dropout {dropouts or 'none'}",
+                     f"{batch}x{tokens} tokens, {knobs}{', compiled' if compile else ''}",
             "seconds_per_step": seconds, "tokens_per_s": batch * tokens / seconds,
             "gflops_per_s": flops / seconds / 1e9, "gflop_per_step": flops / 1e9}
 

@@ -58,3 +58,15 @@ def test_cheap_dropout_rate_is_rounded_to_a_256th_and_keeps_the_mean():
     assert abs(float(y.mean()) - 1.0) < 0.005
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         Dropout(1.0)
+
+
+def test_throughput_figures_of_a_tiny_stack():
+    from recbole_mdgr.throughput import report, stack_throughput
+
+    row = stack_throughput(n_layers=1, d_model=16, n_heads=2, head_dim=8, inner_size=32,
+                           batch=4, tokens=6, steps=1, dropout=0.1)
+    # forward + backward of 2 linear layers of 16x32 on 24 tokens alone is 6 * 2 * 24*16*32
+    assert row["gflop_per_step"] * 1e9 >= 6 * 2 * 24 * 16 * 32
+    assert row["tokens_per_s"] == pytest.approx(24 / row["seconds_per_step"])
+    table = report([row], peak=100.0)
+    assert "share of peak" in table and "dropout=0.1" in table
