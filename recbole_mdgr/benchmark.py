@@ -29,8 +29,20 @@ COLUMNS = [("recall@5", "R@5"), ("recall@10", "R@10"), ("recall@20", "R@20"),
            ("ndcg@5", "N@5"), ("ndcg@10", "N@10")]
 
 
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     return (f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads, no GPU" if not torch.cuda.is_available()
             else f"{os.cpu_count()} cores, GPU {torch.cuda.get_device_name()}")
