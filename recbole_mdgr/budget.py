@@ -9,27 +9,59 @@ After ``fit``, ``trainer.training_summary`` holds: the budget, the epochs traine
 minutes ``fit`` took, why it stopped (``early_stopping``, ``time_budget`` or
 ``max_epochs``) and the validation curve (epoch, minutes since ``fit`` began, score). The
 runner puts it in the result dict under ``training``.
+
+Resume: after every validation ``fit`` also writes ``<checkpoint>.resume`` (removed when ``fit``
+ends normally, so it is only there after an interruption): the model,
+optimizer, early-stopping state, the random-number states (torch, numpy, python, the
+training dataloader's shuffle generator) and the summary so far. ``resume_from: <that
+file>`` (or the checkpoint path; ``.resume`` is appended) continues an interrupted ``fit``
+from there, so it ends with the metrics an uninterrupted run with the same seed reaches.
+The best checkpoint keeps its file name and keeps being updated.
 """
 
 from __future__ import annotations
 
+import os
+import random
 from time import perf_counter
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from recbole.utils import set_color
+
+from recbole_mdgr.errors import UserError
 
 
 class _BudgetReached(Exception):
     """Raised from RecBole's per-validation callback to leave its epoch loop."""
 
 
-class TimeBudgetMixin:
-    """Mix into a RecBole ``Trainer``: the ``train_time_budget`` key and ``training_summary``."""
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite: the run stops, the checkpoint stays."""
 
-    def _train_epoch(self, *args, **kwargs):
+
+class TimeBudgetMixin:
+    """Mix into a RecBole ``Trainer``: the ``train_time_budget`` key and ``training_summary``;
+    a NaN or infinite loss stops ``fit`` with the epoch and step named."""
+
+    def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         self._epochs_trained = getattr(self, "_epochs_trained", 0) + 1
-        return super()._train_epoch(*args, **kwargs)
+        self._position = [epoch_idx, 0]
+        return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
+
+    def _check_nan(self, loss):
+        """RecBole calls this on every training step's loss, before ``backward``."""
+        position = getattr(self, "_position", [0, 0])
+        position[1] += 1
+        if not bool(torch.isfinite(loss).all()):
+            saved = self.saved_model_file if os.path.isfile(self.saved_model_file) else None
+            raise TrainingDiverged(
+                f"the training loss is {float(loss.detach().float().sum())} at epoch "
+                f"{position[0]}, step {position[1]}: training stopped before that step's "
+                "update. " + (f"The last checkpoint, {saved}, is the best model validated "
+                              "before it and is intact. " if saved else "")
+                + "Lower learning_rate (or set clip_grad_norm) and run again.")
 
     def _budget_passed(self, minutes: float, budget) -> bool:
         passed = budget is not None and minutes >= budget
@@ -39,20 +71,86 @@ class TimeBudgetMixin:
             passed = bool(flag.item())
         return passed
 
+    # ------------------------------------------------------------------ resume
+    def _resume_path(self) -> str:
+        return self.saved_model_file + ".resume"
+
+    def _save_resume_state(self, train_data, epoch_idx: int, minutes: float, curve) -> None:
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        state = {
+            "config": self.config, "epoch": epoch_idx, "cur_step": self.cur_step,
+            "best_valid_score": self.best_valid_score,
+            "best_valid_result": self.best_valid_result,
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+            "saved_model_file": self.saved_model_file,
+            "epochs_trained": self._epochs_trained, "minutes": minutes, "curve": list(curve),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                    "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
+                    else None,
+                    "train_data": train_data.generator.get_state()},
+        }
+        torch.save(state, self._resume_path() + ".part", pickle_protocol=4)
+        os.replace(self._resume_path() + ".part", self._resume_path())
+
+    def resume_from(self, path: str) -> None:
+        """Load the ``.resume`` state written by an earlier ``fit``; the next ``fit``
+        continues after its epoch."""
+        from recbole_mdgr.compat import load_checkpoint
+
+        if not path.endswith(".resume") and os.path.isfile(path + ".resume"):
+            path += ".resume"
+        state = load_checkpoint(path, map_location=self.device)
+        if "rng" not in state:
+            raise UserError(f"{path} is not a resume state: pass the .resume file written "
+                            "next to the checkpoint during fit")
+        self.model.load_state_dict(state["state_dict"])
+        self.model.load_other_parameter(state.get("other_parameter"))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_epoch = state["epoch"] + 1
+        self.cur_step = state["cur_step"]
+        self.best_valid_score = state["best_valid_score"]
+        self.best_valid_result = state["best_valid_result"]
+        self.saved_model_file = state["saved_model_file"]
+        self._resumed = state
+        self.logger.info(f"Resuming fit from {path}: epoch {self.start_epoch}, "
+                         f"{state['minutes']:.1f} minutes already trained")
+
+    def _restore_random_states(self, train_data) -> None:
+        rng = self._resumed["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        train_data.generator.set_state(rng["train_data"].cpu())
+
+    # ------------------------------------------------------------------ fit
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
         budget = self.config["train_time_budget"]
         if budget is not None and not budget > 0:
-            raise ValueError(f"train_time_budget must be a positive number of minutes or ~, "
+            raise UserError(f"train_time_budget must be a positive number of minutes or ~, "
                              f"got {budget!r}")
         self._epochs_trained = 0
         curve = []
         start = perf_counter()
+        resumed = getattr(self, "_resumed", None)
+        if resumed is not None:
+            self._epochs_trained = resumed["epochs_trained"]
+            curve = list(resumed["curve"])
+            start -= 60 * resumed["minutes"]  # the budget counts the minutes already spent
+            self._restore_random_states(train_data)
 
         def after_validation(epoch_idx, valid_score):
             minutes = (perf_counter() - start) / 60
             curve.append({"epoch": epoch_idx, "minutes": round(minutes, 3),
                           "valid_score": float(valid_score)})
+            if saved:
+                self._save_resume_state(train_data, epoch_idx, minutes, curve)
             if callback_fn is not None:
                 callback_fn(epoch_idx, valid_score)
             if self._budget_passed(minutes, budget):
@@ -72,6 +170,8 @@ class TimeBudgetMixin:
         if stopped_by is None:
             stopped_by = ("early_stopping" if self.cur_step > self.stopping_step
                           else "max_epochs")
+        if os.path.isfile(self._resume_path()):  # a finished fit has nothing to resume
+            os.remove(self._resume_path())
         self.training_summary = {
             "time_budget_minutes": budget,
             "epochs": self._epochs_trained,

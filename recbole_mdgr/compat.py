@@ -25,13 +25,15 @@ import warnings
 
 import torch
 
+from recbole_mdgr.errors import UserError
+
 _PINS = {"numpy": (2,), "pandas": (3,)}
 
 
 def load_checkpoint(path: str, map_location=None) -> dict:
     """Load a RecBole-format checkpoint written by this machine's own training runs."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
+        raise UserError(f"checkpoint file not found: {path}")
     checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     # the pickled Config skipped its __init__, which is where RecBole sets numpy's aliases
     checkpoint["config"].compatibility_settings()
@@ -52,7 +54,7 @@ def check_versions() -> None:
         major = int(mod.__version__.split(".")[0])
         limit = _PINS[mod.__name__][0]
         if major >= limit:
-            raise RuntimeError(
+            raise UserError(
                 f"RecBole 1.2.1 does not work with {mod.__name__} {mod.__version__}: "
                 f"pip install '{mod.__name__}<{limit}'"
             )

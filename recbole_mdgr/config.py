@@ -16,6 +16,7 @@ import os
 
 from recbole.config import Config as RecBoleConfig
 
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.utils import get_model
 
 
@@ -25,7 +26,7 @@ def properties_dir() -> str:
     for candidate in (os.path.join(here, "properties"), os.path.join(here, "..", "properties")):
         if os.path.isfile(os.path.join(candidate, "overall.yaml")):
             return os.path.normpath(candidate)
-    raise FileNotFoundError(
+    raise UserError(
         "recbole_mdgr's properties/overall.yaml is missing: reinstall the package "
         "(pip install .) from a complete checkout"
     )
@@ -40,7 +41,7 @@ def preset_file(name: str) -> str:
     """Path of the shipped preset ``name``; a clear error listing the presets otherwise."""
     path = os.path.join(properties_dir(), "preset", f"{name}.yaml")
     if not os.path.isfile(path):
-        raise ValueError(f"unknown preset {name!r}; available presets: "
+        raise UserError(f"unknown preset {name!r}; available presets: "
                          f"{', '.join(available_presets())}")
     return path
 
@@ -86,6 +87,30 @@ class Config(RecBoleConfig):
                 self.parameters["Dataset"] += [
                     k for k in loaded if k not in self.parameters["Dataset"]
                 ]
+        if not self._has_dataset_yaml(dataset):
+            # a user's own dataset: RecBole's fallback (its sample.yaml) loads only user_id
+            # and item_id, so time order fails; load every column of the atomic files instead
+            self.internal_config_dict["load_col"] = None
         preset = self.external_config_dict.get("preset")
         if preset:
             self._update_internal_config_dict(preset_file(preset))
+
+    def _init_device(self):
+        import torch
+
+        if "local_rank" in self.final_config_dict and not torch.cuda.is_available():
+            from recbole_mdgr.distributed import init_cpu_process_group
+
+            self.final_config_dict["gpu_id"] = str(self.final_config_dict["gpu_id"])
+            init_cpu_process_group(self.final_config_dict)
+            return
+        super()._init_device()
+
+    @staticmethod
+    def _has_dataset_yaml(dataset: str) -> bool:
+        import recbole
+
+        recbole_yaml = os.path.join(os.path.dirname(recbole.__file__), "properties",
+                                    "dataset", f"{dataset}.yaml")
+        ours = os.path.join(properties_dir(), "dataset", f"{dataset}.yaml")
+        return os.path.isfile(recbole_yaml) or os.path.isfile(ours)

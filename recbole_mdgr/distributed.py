@@ -43,3 +43,41 @@ def sum_over_processes(values: list[float], device=None) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device or backend_device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+def init_cpu_process_group(config: dict) -> None:
+    """RecBole's distributed setup for a machine without CUDA: gloo on CPU.
+
+    RecBole 1.2.1's ``Config._init_device`` asserts one GPU id per process and starts nccl,
+    so ``--nproc=2`` on a CPU machine died with a bare ``AssertionError``. The rest mirrors
+    it: rank from ``local_rank + offset``, tcp rendezvous at ``ip:port``, quiet ranks > 0.
+    """
+    dist.init_process_group(
+        backend="gloo", rank=config["local_rank"] + config["offset"],
+        world_size=config["world_size"], init_method=f"tcp://{config['ip']}:{config['port']}")
+    config["device"] = torch.device("cpu")
+    config["single_spec"] = False
+    if config["local_rank"] != 0:
+        config["state"] = "error"
+        config["show_progress"] = False
+        config["verbose"] = False
+
+
+class CPUDistributedMixin:
+    """Mix into a RecBole ``Trainer``: under gloo on CPU, wrap the model in
+    ``DistributedDataParallel`` without ``device_ids`` (RecBole passes the GPU index, which
+    DDP refuses for a CPU module)."""
+
+    def __init__(self, config, model):
+        if config["single_spec"] or config["device"].type != "cpu":
+            super().__init__(config, model)
+            return
+        import recbole.trainer.trainer as recbole_trainer
+
+        ddp = recbole_trainer.DistributedDataParallel
+        recbole_trainer.DistributedDataParallel = \
+            lambda module, device_ids=None, **kwargs: ddp(module, **kwargs)
+        try:
+            super().__init__(config, model)
+        finally:
+            recbole_trainer.DistributedDataParallel = ddp

@@ -13,6 +13,7 @@ import sys
 from logging import getLogger
 from time import perf_counter
 
+import numpy as np
 import torch.distributed as dist
 
 from recbole.data.transform import construct_transform
@@ -21,6 +22,7 @@ from recbole.utils import get_environment, get_flops, init_logger, init_seed, se
 from recbole_mdgr.compat import check_versions, load_checkpoint, quiet_recbole_warnings
 from recbole_mdgr.config import Config
 from recbole_mdgr.data import create_dataset, data_preparation
+from recbole_mdgr.errors import UserError, check_atomic_files, check_config_files
 from recbole_mdgr.trainer import check_topk_metrics
 from recbole_mdgr.utils import get_model, get_trainer, is_generative
 
@@ -28,13 +30,27 @@ from recbole_mdgr.utils import get_model, get_trainer, is_generative
 def _build(config):
     """Dataset, splits, model and trainer for ``config`` (RecBole's order and seeds)."""
     logger = getLogger()
+    check_atomic_files(config)
     dataset = create_dataset(config)
     logger.info(dataset)
+    users = np.asarray(dataset.inter_feat[dataset.uid_field])
+    if len(users) == 0 or np.unique(users, return_counts=True)[1].max() < 3:
+        raise _too_short(config)  # RecBole's sampler would fail with a bare ValueError
     train_data, valid_data, test_data = data_preparation(config, dataset)
+    if len(train_data.dataset) == 0:
+        raise _too_short(config)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     return dataset, train_data, valid_data, test_data, model, trainer
+
+
+def _too_short(config) -> UserError:
+    return UserError(
+            f"dataset {config['dataset']} gives no training samples: leave-one-out takes each "
+            "user's last interaction for test and the one before for validation, so users "
+            "need at least 3 interactions; keep longer sequences (e.g. "
+            "user_inter_num_interval: '[3,inf)') or add data")
 
 
 def _log_flops(model, dataset, config, logger) -> None:
@@ -58,11 +74,14 @@ def run_recbole_mdgr(
     """
     check_versions()
     quiet_recbole_warnings()
+    check_config_files(config_file_list)
     config = Config(
         model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
     )
-    if is_generative(get_model(config["model"])):
-        check_topk_metrics(config["metrics"])  # before any data is read
+    model_class = get_model(config["model"])
+    if is_generative(model_class):  # before any data is read
+        check_topk_metrics(config["metrics"])
+        model_class.check_config(config)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -73,6 +92,8 @@ def run_recbole_mdgr(
     logger.info(model)
     _log_flops(model, dataset, config, logger)
 
+    if config["resume_from"]:
+        trainer.resume_from(config["resume_from"])
     start = perf_counter()
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
@@ -93,6 +114,7 @@ def run_recbole_mdgr(
 
     result = {
         "best_valid_score": best_valid_score,
+        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "valid_score_bigger": config["valid_metric_bigger"],
         "best_valid_result": best_valid_result,
         "test_result": test_result,

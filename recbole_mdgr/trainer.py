@@ -28,6 +28,8 @@ from recbole.utils import set_color
 from recbole_mdgr.budget import TimeBudgetMixin
 from recbole_mdgr.compat import CheckpointCompatMixin
 from recbole_mdgr.data.dataset import SID_SUFFIX
+from recbole_mdgr.distributed import CPUDistributedMixin
+from recbole_mdgr.errors import UserError
 
 # what a top-K list can feed; other needs (full score matrix, labels, item lists) are refused
 TOPK_NEEDS = {"rec.topk", "data.num_items", "data.num_users"}
@@ -66,7 +68,7 @@ def check_topk_metrics(metrics) -> None:
     """Refuse, by name, the metrics a top-K list cannot feed (AUC, LogLoss, ItemCoverage...)."""
     bad = [m for m in metrics if set(metric_information[m.lower()]) - TOPK_NEEDS]
     if bad:
-        raise ValueError(
+        raise UserError(
             f"metrics {bad} cannot be computed for generative models: they need a full score "
             "matrix or labels (AUC, GAUC, LogLoss, ...) or RecBole's recommended-item lists "
             "(ItemCoverage, GiniIndex, ShannonEntropy, AveragePopularity, TailPercentage), "
@@ -75,7 +77,7 @@ def check_topk_metrics(metrics) -> None:
         )
 
 
-class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, Trainer):
+class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, CPUDistributedMixin, Trainer):
     """RecBole's ``Trainer`` whose full-sort evaluation calls ``model.generate``.
 
     Training, early stopping, checkpoints and result dicts are RecBole's. Each evaluation

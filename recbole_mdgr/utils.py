@@ -12,6 +12,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_mdgr.budget import TimeBudgetMixin
 from recbole_mdgr.compat import CheckpointCompatMixin
+from recbole_mdgr.distributed import CPUDistributedMixin
 
 PLUGIN_MODELS = ("TIGER", "MADRec", "MDGR")
 
@@ -45,7 +46,9 @@ def get_model(model_name: str):
     lower = {n.lower(): n for n in names}
     close = [lower[c] for c in difflib.get_close_matches(model_name.lower(), lower, n=3)]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"Unknown model '{model_name}'.{hint} Available models: {', '.join(names)}")
+    from recbole_mdgr.errors import UserError
+
+    raise UserError(f"Unknown model '{model_name}'.{hint} Available models: {', '.join(names)}")
 
 
 def is_generative(model_class) -> bool:
@@ -68,7 +71,8 @@ def plugin_trainer(trainer_class: type) -> type:
         return trainer_class
     if trainer_class not in _trainer_classes:
         _trainer_classes[trainer_class] = type(
-            trainer_class.__name__, (TimeBudgetMixin, CheckpointCompatMixin, trainer_class), {}
+            trainer_class.__name__,
+            (TimeBudgetMixin, CheckpointCompatMixin, CPUDistributedMixin, trainer_class), {}
         )
     return _trainer_classes[trainer_class]
 

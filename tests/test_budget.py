@@ -56,3 +56,65 @@ def test_a_budget_that_is_not_positive_is_refused(tiny, budget):
     tmp, cfg = tiny
     with pytest.raises(ValueError, match="train_time_budget"):
         run_recbole_mdgr("SASRec", "tiny", config_dict={**cfg, "train_time_budget": budget})
+
+
+def test_a_nan_loss_stops_fit_naming_epoch_and_step_and_keeps_the_checkpoint(tiny):
+    import torch
+
+    from recbole_mdgr.budget import TrainingDiverged
+    from recbole_mdgr.config import Config
+    from recbole_mdgr.quick_start import _build
+
+    tmp, cfg = tiny
+    config = Config("SASRec", "tiny", config_dict={**cfg, "epochs": 3, "train_batch_size": 16})
+    _, train_data, valid_data, _, model, trainer = _build(config)
+    loss_of = model.calculate_loss
+    calls = []
+
+    def poisoned(interaction):  # the 2nd step of epoch 1 goes NaN
+        calls.append(1)
+        loss = loss_of(interaction)
+        return loss * float("nan") if len(calls) == len(train_data) + 2 else loss
+
+    model.calculate_loss = poisoned
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 1, step 2: .*"
+                                               r"The last checkpoint, .* is intact"):
+        trainer.fit(train_data, valid_data, saved=True)
+    # the checkpoint holds epoch 0's validated weights, untouched by the failed epoch
+    saved = torch.load(trainer.saved_model_file, weights_only=False)
+    assert saved["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+@pytest.mark.parametrize("model", ["SASRec", "MDGR"])
+def test_an_interrupted_fit_resumes_to_the_uninterrupted_metrics(tiny, model):
+    from recbole_mdgr.budget import TimeBudgetMixin
+
+    tmp, cfg = tiny
+    cfg = {**cfg, "epochs": 4, "save_dataset": False,
+           **({"n_layers_enc": 1, "n_layers_dec": 1, "head_dim": 8, "n_heads": 2,
+               "sid_levels": 2, "sid_codebook_size": 8, "mdgr_curriculum_epochs": 3}
+              if model == "MDGR" else {})}
+    whole = run_recbole_mdgr(model, "tiny", config_dict={**cfg, "checkpoint_dir": str(tmp / "a")})
+
+    original = TimeBudgetMixin._train_epoch
+
+    def crash_at_epoch_2(self, train_data, epoch_idx, *args, **kwargs):
+        if epoch_idx == 2:
+            raise KeyboardInterrupt
+        return original(self, train_data, epoch_idx, *args, **kwargs)
+
+    TimeBudgetMixin._train_epoch = crash_at_epoch_2
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_recbole_mdgr(model, "tiny", config_dict={**cfg, "checkpoint_dir": str(tmp / "b")})
+    finally:
+        TimeBudgetMixin._train_epoch = original
+    (state,) = [f for f in os.listdir(tmp / "b") if f.endswith(".resume")]
+    resumed = run_recbole_mdgr(model, "tiny", config_dict={
+        **cfg, "checkpoint_dir": str(tmp / "b"), "resume_from": str(tmp / "b" / state)})
+    assert dict(resumed["test_result"]) == dict(whole["test_result"])
+    assert resumed["best_valid_score"] == whole["best_valid_score"]
+    assert resumed["training"]["epochs"] == whole["training"]["epochs"] == 4
+    assert [p["valid_score"] for p in resumed["training"]["valid_curve"]] == \
+        [p["valid_score"] for p in whole["training"]["valid_curve"]]

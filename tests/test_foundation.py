@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from recbole_mdgr.compat import load_checkpoint
-from recbole_mdgr.config import Config, properties_dir
+from recbole_mdgr.config import Config
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.quick_start import load_data_and_model, run_recbole_mdgr
 from recbole_mdgr.utils import available_models, get_model, get_trainer
 
@@ -133,7 +134,7 @@ def test_bert4rec_runs_through_the_plugin_runner(tiny):
 
 
 def test_missing_checkpoint_file_is_named():
-    with pytest.raises(FileNotFoundError, match="no-such.pth"):
+    with pytest.raises(UserError, match="no-such.pth"):
         load_checkpoint("no-such.pth")
 
 
@@ -149,7 +150,7 @@ def test_dataset_neither_on_disk_nor_downloadable_says_where_to_put_it(tiny, mon
 
     monkeypatch.setattr("recbole.data.dataset.dataset.download_url", offline)
     config = Config("SASRec", "amazon-beauty", config_dict={**cfg, "data_path": str(tmp / "none")})
-    with pytest.raises(RuntimeError, match="pass --data_path=<folder that holds amazon-beauty/>"):
+    with pytest.raises(UserError, match="pass --data_path=<folder that holds amazon-beauty/>"):
         create_dataset(config)
 
 

@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from recbole_mdgr.model.decoding import choose_slots, masked_beam_search, nfe_schedule
 from recbole_mdgr.model.madrec import MADRec

@@ -116,3 +116,47 @@ def test_dataloaders_of_every_mode_feed_sid_batches(hand, mode):
     assert "item_id_list_sid" in batch.interaction and "item_id_sid" in batch.interaction
     interaction, _, positive_u, positive_i = next(iter(test_data))
     assert torch.equal(positive_i, interaction["item_id"])
+
+
+def _sequences(tmp_path, name, **overrides):
+    """Per user: (training items in time order, valid target, test target) as item tokens."""
+    cfg = tiny_config(tmp_path, sid_quantizer="rq_kmeans", sid_levels=2, sid_codebook_size=4,
+                      **overrides)
+    dataset = SIDSequentialDataset(Config("SASRec", name, config_dict=cfg))
+    train, valid, test = dataset.build()
+    token = dataset.field2id_token[dataset.iid_field]
+    user = dataset.field2id_token[dataset.uid_field]
+
+    def targets(split):
+        feat = split.inter_feat
+        return {user[u]: token[i] for u, i in zip(feat["user_id"].tolist(),
+                                                   feat["item_id"].tolist())}
+
+    history = {}  # the test sample's history = every interaction before the test target
+    feat = test.inter_feat
+    for u, items, n in zip(feat["user_id"].tolist(), feat["item_id_list"].tolist(),
+                           feat["item_length"].tolist()):
+        history[user[u]] = [token[i] for i in items[:n]][:-1]  # minus the valid target
+    return history, targets(valid), targets(test)
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+def test_data_constrained_drop_keeps_targets_and_three_training_items(tmp_path, monkeypatch,
+                                                                      ratio):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    # training items per user (all but the last two): 10, 6, 3, 2
+    write_tiny_dataset(tmp_path, name="drop", n_items=30, lengths=[12, 8, 5, 4])
+    full, valid, test = _sequences(tmp_path, "drop", MAX_ITEM_LIST_LENGTH=20)
+    kept, valid_d, test_d = _sequences(tmp_path, "drop", MAX_ITEM_LIST_LENGTH=20,
+                                       train_drop_ratio=ratio)
+    assert valid_d == valid and test_d == test  # every target unchanged
+    for u in full:
+        n = len(full[u])
+        want = n - min(round(ratio * n), max(n - 3, 0))
+        assert len(kept[u]) == want, (u, n)
+        it = iter(full[u])  # what stays is a subsequence, in time order
+        assert all(item in it for item in kept[u])
+    other, _, _ = _sequences(tmp_path, "drop", MAX_ITEM_LIST_LENGTH=20, train_drop_ratio=ratio,
+                             train_drop_seed=7)
+    assert other != kept  # the seed decides which items go

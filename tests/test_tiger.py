@@ -149,9 +149,11 @@ def test_cached_decoding_with_beams_shares_memory():
     torch.testing.assert_close(folded, copied, atol=1e-5, rtol=1e-5)
 
 
-def test_beam_size_below_topk_warns(caplog):
-    make_model(make_table(), beam_size=5)  # topk goes up to 10
-    assert any("beam_size=5 < largest topk=10" in r.getMessage() for r in caplog.records)
+def test_beam_size_below_topk_is_refused_by_name():
+    from recbole_mdgr.errors import UserError
+
+    with pytest.raises(UserError, match="beam_size=5 is smaller than the largest topk"):
+        make_model(make_table(), beam_size=5)  # topk goes up to 10
 
 
 def test_constrained_beams_return_only_real_items():
@@ -246,7 +248,7 @@ def test_narrow_beams_with_cache_reorder_equal_an_uncached_reference(width):
     from test_decoding import reference_beam_search
 
     table = make_table(n_real=40, sizes=(5, 6), seed=2)
-    model = make_model(table, beam_size=width)
+    model = make_model(table, beam_size=width, topk=[width])
     batch = make_batch(table, B=3, seed=4)
     items, scores = model.generate(batch, k=width)
     memory, mask = model.encode(batch["item_id_list_sid"], batch["item_length"])

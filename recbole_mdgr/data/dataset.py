@@ -9,6 +9,7 @@ from recbole.data.interaction import Interaction
 from recbole.utils import set_color
 
 from recbole_mdgr.distributed import rank0_first
+from recbole_mdgr.errors import UserError
 
 SID_SUFFIX = "_sid"
 TRAIN_SAMPLE_MODES = ("prefix", "sequence", "windows")
@@ -33,6 +34,10 @@ class SIDSequentialDataset(SequentialDataset):
 
       Samples are chosen by their target's time (then RecBole's row order), not by where
       rows happen to sit.
+    - ``train_drop_ratio`` (the MADRec paper's data-constrained protocol): before samples are
+      made, that share of each user's training items (all but the latest two, the validation
+      and test targets) is dropped at random (``train_drop_seed``), keeping at least 3. The
+      validation and test targets are unchanged; their histories are the reduced sequences.
     - Every batch ``dataset[index]`` carries ``<field>_sid`` for the item fields it has:
       ``item_id_list_sid`` ``[B, L, m]`` and ``item_id_sid`` ``[B, m]`` (padding = -1).
       This is the one place where batches get their SIDs.
@@ -41,7 +46,7 @@ class SIDSequentialDataset(SequentialDataset):
     def __init__(self, config):
         mode = config["train_sample_mode"] or "prefix"
         if mode not in TRAIN_SAMPLE_MODES:
-            raise ValueError(
+            raise UserError(
                 f"train_sample_mode must be one of {TRAIN_SAMPLE_MODES}, got {mode!r}"
             )
         self.train_sample_mode = mode
@@ -77,6 +82,37 @@ class SIDSequentialDataset(SequentialDataset):
         for d in datasets:
             d.sid_table = self.sid_table
         return datasets
+
+    def data_augmentation(self):
+        ratio = self.config["train_drop_ratio"] or 0.0
+        if ratio:
+            self._drop_training_items(float(ratio), int(self.config["train_drop_seed"] or 0))
+        super().data_augmentation()
+
+    def _drop_training_items(self, ratio: float, seed: int) -> None:
+        if not 0.0 <= ratio < 1.0:
+            raise UserError(f"train_drop_ratio must be in [0, 1), got {ratio}")
+        feat = self.inter_feat
+        uid = feat[self.uid_field]
+        rank = self._rank_from_latest(self)
+        train = rank >= 2  # rank 0: the test target, 1: the validation target
+        n_train = torch.bincount(uid[train], minlength=int(uid.max()) + 1)
+        n_drop = torch.minimum(torch.round(ratio * n_train.double()).long(),
+                               (n_train - 3).clamp(min=0))
+        # each user's training rows in a random order; the first n_drop of them go
+        priority = torch.rand(len(uid), generator=torch.Generator().manual_seed(seed))
+        priority[~train] = 2.0  # never dropped
+        order = torch.argsort(priority, stable=True)
+        order = order[torch.argsort(uid[order], stable=True)]
+        starts = torch.cumsum(torch.bincount(uid, minlength=len(n_train)), 0) - \
+            torch.bincount(uid, minlength=len(n_train))
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(uid)) - starts[uid[order]]
+        keep = position >= n_drop[uid]
+        self.inter_feat = feat[keep.nonzero().flatten()]
+        self.logger.info(set_color("train_drop_ratio", "pink") + f" {ratio}: dropped "
+                         f"{int((~keep).sum())} of {int(train.sum())} training interactions "
+                         f"(train_drop_seed {seed}; at least 3 kept per user)")
 
     def _rank_from_latest(self, split) -> torch.Tensor:
         """Per row: how many of its user's samples have a later target (0 = the latest).

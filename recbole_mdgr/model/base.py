@@ -17,10 +17,47 @@ from torch import nn
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_mdgr.data.dataset import SID_SUFFIX
+from recbole_mdgr.data.dataset import SID_SUFFIX, TRAIN_SAMPLE_MODES
 from recbole_mdgr.distributed import sum_over_processes
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.model.layers import Transformer
+from recbole_mdgr.tokenizer.settings import SIDSettings
 from recbole_mdgr.tokenizer.sid_table import SIDTable
+
+
+POSITIVE_INTS = ("hidden_size", "n_heads", "head_dim", "inner_size", "beam_size",
+                 "encoder_buckets")
+RATES = ("dropout_prob", "attn_dropout_prob", "ffn_dropout_prob")
+
+
+def check_stack_config(config) -> None:
+    """Refuse, by key, stack knobs no model can be built with."""
+    for key in POSITIVE_INTS:
+        value = config[key]
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UserError(f"{key} must be a positive integer, got {value!r}")
+    for key in RATES:
+        value = config[key]
+        if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise UserError(f"{key} must be a rate in [0, 1), got {value!r}")
+    topk = config["topk"]
+    topk = max(topk) if isinstance(topk, (list, tuple)) else topk
+    beam = config["beam_size"]
+    if beam is not None and topk is not None and beam < topk:
+        raise UserError(f"beam_size={beam} is smaller than the largest topk ({topk}): its "
+                        f"lists would hold fewer items than the metrics cut at; set "
+                        f"beam_size >= {topk}")
+
+
+class ConfigView:
+    """``config[key]`` with None for a missing key, for a plain dict as for RecBole's
+    ``Config`` (models are also built from dicts, in tests and scripts)."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def __getitem__(self, key):
+        return self.config.get(key) if isinstance(self.config, dict) else self.config[key]
 
 
 @dataclass
@@ -71,8 +108,20 @@ class GenerativeRecommender(SequentialRecommender):
     input_type = InputType.POINTWISE
     is_generative = True
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuse, by key, knobs no model can be built with. The runner calls it as soon as
+        the config is read (before any data); ``__init__`` calls it too. Models extend it."""
+        check_stack_config(config)
+        SIDSettings.from_config(config).check()
+        mode = config["train_sample_mode"] or "prefix"
+        if mode not in TRAIN_SAMPLE_MODES:
+            raise UserError(f"train_sample_mode must be one of {TRAIN_SAMPLE_MODES}, got "
+                            f"{mode!r}")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        self.check_config(ConfigView(config))
         table: SIDTable = getattr(dataset, "sid_table", None)
         if table is None:
             raise ValueError(
@@ -88,12 +137,6 @@ class GenerativeRecommender(SequentialRecommender):
         self.ITEM_SEQ_SID = self.ITEM_SEQ + SID_SUFFIX
         self.POS_ITEM_SID = self.POS_ITEM_ID + SID_SUFFIX
         self.topk = max(config["topk"]) if isinstance(config["topk"], list) else config["topk"]
-        beam = config["beam_size"]
-        if beam is not None and beam < self.topk:
-            self.logger.warning(
-                f"beam_size={beam} < largest topk={self.topk}: lists are padded with misses "
-                "beyond the beam width"
-            )
         self.decode_stats = DecodeStats()
         self.compile = bool(config["compile"]) if "compile" in config else False
         # compiled twins of submodules (same parameters), kept out of the module tree so the
@@ -159,7 +202,7 @@ class GenerativeRecommender(SequentialRecommender):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         saved = state_dict.get("sid_codes")
         if saved is not None and not torch.equal(saved.cpu(), self.sid_codes.cpu()):
-            raise ValueError(
+            raise UserError(
                 "this checkpoint was trained with a different SID table than the dataset "
                 "builds now (check sid_* settings, item text and seed); retrain or restore "
                 "the settings it was trained with"

@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import torch
 
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.tokenizer.sid_table import SIDTable
 
 NEG_INF = float("-inf")
@@ -175,7 +176,7 @@ def nfe_schedule(m: int, nfe: int) -> list[int]:
     larger steps last (``m=4, nfe=3 -> [1, 1, 2]``): the early, more uncertain commits are
     made one at a time, with the most context."""
     if not 1 <= nfe <= m:
-        raise ValueError(f"the number of decoding steps must be in 1..{m}, got {nfe}")
+        raise UserError(f"the number of decoding steps must be in 1..{m}, got {nfe}")
     return [m // nfe + (i >= nfe - m % nfe) for i in range(nfe)]
 
 
@@ -204,7 +205,7 @@ def choose_slots(log_probs: torch.Tensor, masked: torch.Tensor, k: int, order: s
                          device=generator.device if generator is not None else masked.device)
         key = key.to(masked.device)
     else:
-        raise ValueError(f"unmasking order must be one of {UNMASK_ORDERS}, got {order!r}")
+        raise UserError(f"unmasking order must be one of {UNMASK_ORDERS}, got {order!r}")
     return key.masked_fill(~masked, float("-inf")).topk(k, dim=-1).indices
 
 

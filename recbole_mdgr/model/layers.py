@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_mdgr.errors import UserError
+
 
 class Dropout(nn.Module):
     """Inverted dropout with a cheap mask: one random byte per element.
@@ -46,7 +48,7 @@ class Dropout(nn.Module):
     def __init__(self, p: float):
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout rate must be in [0, 1), got {p}")
+            raise UserError(f"dropout rate must be in [0, 1), got {p}")
         self.threshold = round(256 * p)
         self.p = self.threshold / 256
 
@@ -142,7 +144,7 @@ class FeedForward(nn.Module):
                  activation: str = "gelu"):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+            raise UserError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.up = nn.Linear(d_model, inner_size)
         self.down = nn.Linear(inner_size, d_model)
         self.drop = Dropout(ffn_dropout)

@@ -20,6 +20,7 @@ from recbole_mdgr.model.decoding import (
     nfe_schedule,
 )
 from recbole_mdgr.model.layers import Dropout, KVCache, length_buckets
+from recbole_mdgr.errors import UserError
 
 
 ATTENTION_MODES = ("full", "cached")
@@ -60,6 +61,21 @@ class MADRec(GenerativeRecommender):
     the history's cached keys and values.
     """
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config["madrec_order"] not in UNMASK_ORDERS:
+            raise UserError(f"madrec_order must be one of {UNMASK_ORDERS}, got "
+                            f"{config['madrec_order']!r}")
+        if not 0.0 < config["madrec_min_t"] <= 1.0:
+            raise UserError(f"madrec_min_t must be in (0, 1], got {config['madrec_min_t']}")
+        if not 0.0 <= config["madrec_last_item_mask_prob"] <= 1.0:
+            raise UserError("madrec_last_item_mask_prob must be in [0, 1], got "
+                            f"{config['madrec_last_item_mask_prob']}")
+        if (config["madrec_attention"] or "full") not in ATTENTION_MODES:
+            raise UserError(f"madrec_attention must be one of {ATTENTION_MODES}, "
+                            f"got {config['madrec_attention']!r}")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 
@@ -71,18 +87,8 @@ class MADRec(GenerativeRecommender):
         self.order = config["madrec_order"]
         nfe = config["madrec_nfe"] or self.sid_len
         self.schedule = nfe_schedule(self.sid_len, nfe)
-        if self.order not in UNMASK_ORDERS:
-            raise ValueError(f"madrec_order must be one of {UNMASK_ORDERS}, got {self.order!r}")
-        if not 0.0 < self.min_t <= 1.0:
-            raise ValueError(f"madrec_min_t must be in (0, 1], got {self.min_t}")
-        if not 0.0 <= self.last_item_mask_prob <= 1.0:
-            raise ValueError("madrec_last_item_mask_prob must be in [0, 1], got "
-                             f"{self.last_item_mask_prob}")
         self.order_seed = config["seed"]
         self.attention = config["madrec_attention"] or "full"
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"madrec_attention must be one of {ATTENTION_MODES}, "
-                             f"got {self.attention!r}")
 
         # define layers
         m, d = self.sid_len, self.hidden_size

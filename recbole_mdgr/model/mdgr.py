@@ -15,9 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.model.base import GenerativeRecommender
 from recbole_mdgr.model.decoding import finish_beams, masked_beam_search
 from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length
+from recbole_mdgr.tokenizer.settings import SIDSettings
 
 
 def decoding_schedule(n_slots: int, warmup: int, parallel: int) -> list[int]:
@@ -25,8 +27,8 @@ def decoding_schedule(n_slots: int, warmup: int, parallel: int) -> list[int]:
 
     NFE = ``min(warmup, n_slots) + ceil((n_slots - warmup) / parallel)``.
     """
-    if parallel < 1 or warmup < 0:
-        raise ValueError(f"mdgr_parallel must be >= 1 and mdgr_warmup_steps >= 0, got "
+    if not (isinstance(parallel, int) and isinstance(warmup, int)) or parallel < 1 or warmup < 0:
+        raise UserError(f"mdgr_parallel must be >= 1 and mdgr_warmup_steps >= 0, got "
                          f"{parallel} and {warmup}")
     warm = min(warmup, n_slots)
     rest = n_slots - warm
@@ -84,6 +86,23 @@ class MDGR(GenerativeRecommender):
     NFE = R_warm + ceil((L - R_warm) / m_par), logged with every evaluation.
     """
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        decoding_schedule(1, config["mdgr_warmup_steps"], config["mdgr_parallel"])
+        slots = SIDSettings.from_config(config).levels
+        if config["sid_dedup"] == "always":
+            slots += 1
+        if config["sid_dedup"] == "none" and config["mdgr_parallel"] > slots:
+            raise UserError(f"mdgr_parallel={config['mdgr_parallel']} is more than the "
+                            f"{slots} SID slots (sid_levels)")
+        for key in ("mdgr_gamma", "mdgr_curriculum_width", "mdgr_curriculum_epochs"):
+            if not config[key] > 0:  # NaN fails too
+                raise UserError(f"{key} must be > 0, got {config[key]}")
+        for key in ("mdgr_full_mask_floor", "mdgr_history_mix"):
+            if not 0.0 <= config[key] <= 1.0:
+                raise UserError(f"{key} must be in [0, 1], got {config[key]}")
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 
@@ -103,17 +122,8 @@ class MDGR(GenerativeRecommender):
         self.schedule = decoding_schedule(self.sid_len, config["mdgr_warmup_steps"],
                                           config["mdgr_parallel"])
         if config["mdgr_parallel"] > self.sid_len:
-            raise ValueError(f"mdgr_parallel={config['mdgr_parallel']} is more than the "
-                             f"{self.sid_len} SID slots")
-        for key, value in (("mdgr_gamma", self.gamma), ("mdgr_curriculum_width",
-                                                         self.curriculum_width),
-                           ("mdgr_curriculum_epochs", self.curriculum_epochs)):
-            if not value > 0:
-                raise ValueError(f"{key} must be > 0, got {value}")
-        for key, value in (("mdgr_full_mask_floor", self.full_mask_floor),
-                           ("mdgr_history_mix", self.history_mix)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{key} must be in [0, 1], got {value}")
+            raise UserError(f"mdgr_parallel={config['mdgr_parallel']} is more than the "
+                            f"{self.sid_len} SID slots")
         batch = config["train_batch_size"]
         self.steps_per_epoch = max(1, math.ceil(len(dataset) / batch)) if batch else 1
 

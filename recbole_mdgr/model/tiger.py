@@ -20,6 +20,7 @@ from recbole_mdgr.model.decoding import (
     top_k_items,
 )
 from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length, length_buckets
+from recbole_mdgr.errors import UserError
 
 DECODE_MODES = ("beam", "exact")
 
@@ -44,6 +45,14 @@ class TIGER(GenerativeRecommender):
     number of items: one teacher-forced decoder pass per candidate).
     """
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if config["tiger_decode"] not in DECODE_MODES:
+            raise UserError(
+                f"tiger_decode must be one of {DECODE_MODES}, got {config['tiger_decode']!r}"
+            )
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
 
@@ -53,10 +62,6 @@ class TIGER(GenerativeRecommender):
         self.n_layers_dec = config["n_layers_dec"]
         self.decode_mode = config["tiger_decode"]
         self.exact_rows = config["tiger_exact_rows"]
-        if self.decode_mode not in DECODE_MODES:
-            raise ValueError(
-                f"tiger_decode must be one of {DECODE_MODES}, got {self.decode_mode!r}"
-            )
 
         # define layers
         m, d = self.sid_len, self.hidden_size

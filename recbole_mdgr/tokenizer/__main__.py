@@ -59,4 +59,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from recbole_mdgr.errors import reported_as_errors
+
+    with reported_as_errors():
+        main()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -14,6 +15,7 @@ from .kmeans import build_threads
 from .quantizers import make_quantizer
 from .settings import SIDSettings
 from .sid_table import SIDTable, build_table
+from .text import default_text_fields
 
 
 def build_sid_table(config, dataset) -> SIDTable:
@@ -27,7 +29,13 @@ def build_sid_table(config, dataset) -> SIDTable:
         A :class:`SIDTable` with ``dataset.item_num`` rows (row 0 = padding, all -1).
     """
     start = time.perf_counter()
-    settings = SIDSettings.from_config(config)
+    settings = fit_codebooks(SIDSettings.from_config(config), dataset.item_num - 1)
+    if not (settings.text_fields or settings.embedding_file or settings.embedding_field):
+        fields = default_text_fields(dataset)
+        if fields:
+            logging.getLogger().info(f"sid_text_fields not set: using the text fields of "
+                                     f"{dataset.dataset_name}.item, {list(fields)}")
+            settings = replace(settings, text_fields=fields)
     quantizer = make_quantizer(settings)
     source = vector_source(settings, dataset)
     item_tokens = dataset.field2id_token[dataset.iid_field][: dataset.item_num]
@@ -71,6 +79,21 @@ def build_sid_table(config, dataset) -> SIDTable:
         save_table(path, key, table)
     logging.getLogger().info(format_stats(table))
     return table
+
+
+def fit_codebooks(settings: SIDSettings, n_items: int) -> SIDSettings:
+    """``settings`` with every codebook cut to at most half the catalogue (k-means needs more
+    items than codewords, and codes that split items in pairs at best carry no semantics),
+    with a warning saying so; unchanged when they fit."""
+    limit = max(2, n_items // 2)
+    if max(settings.codebook_sizes) <= limit:
+        return settings
+    sizes = tuple(min(s, limit) for s in settings.codebook_sizes)
+    logging.getLogger().warning(
+        f"sid_codebook_size {list(settings.codebook_sizes)} is too large for {n_items} "
+        f"items: using {list(sizes)} (at most half the items per codebook); set "
+        "sid_codebook_size to choose yourself")
+    return replace(settings, codebook_sizes=sizes)
 
 
 def format_stats(table: SIDTable) -> str:

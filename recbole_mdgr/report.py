@@ -1,0 +1,180 @@
+"""The results of a side-by-side benchmark folder: table, CSV, JSON and plots.
+
+A benchmark folder holds one ``runs/<model>.json`` per finished model (written by
+``recbole_mdgr.benchmark``); :func:`write_reports` turns them into ``results.json``,
+``results.csv``, ``results.md`` and PNG plots next to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+RUNS = "runs"
+PLOTS = {
+    "recall_at_k": "recall_at_k.png",
+    "valid_curves": "valid_ndcg10_vs_minutes.png",
+    "recall_vs_nfe": "recall10_vs_nfe.png",
+    "recall_vs_speed": "recall10_vs_users_per_s.png",
+}
+
+
+def _metric(key):
+    def get(row):
+        value = row["result"]["test_result"].get(key)
+        return None if value is None else round(100 * float(value), 2)
+    return get
+
+
+def _path(*keys, scale=1.0, digits=2):
+    def get(row):
+        value = row
+        for key in keys:
+            if not isinstance(value, dict) or value.get(key) is None:
+                return None
+            value = value[key]
+        if isinstance(value, str):
+            return value
+        value = round(scale * float(value), digits)
+        return int(value) if digits == 0 else value
+    return get
+
+
+def _seconds_per_epoch(row):
+    training = row["result"].get("training") or {}
+    epochs = training.get("epochs")
+    return round(row["result"]["timing"]["fit_seconds"] / epochs, 1) if epochs else None
+
+
+def _nfe(row):
+    decode = row["result"].get("test_decode")
+    return round(float(decode["nfe_per_user"]), 2) if decode else 1
+
+
+# (column, how to read it from a run); metrics in %, "-" where a run did not measure it
+COLUMNS = [
+    ("model", lambda row: row["model"]),
+    ("R@5", _metric("recall@5")), ("R@10", _metric("recall@10")),
+    ("R@20", _metric("recall@20")), ("R@40", _metric("recall@40")),
+    ("N@5", _metric("ndcg@5")), ("N@10", _metric("ndcg@10")), ("N@20", _metric("ndcg@20")),
+    ("MRR@10", _metric("mrr@10")),
+    ("params", _path("result", "parameters", digits=0)),
+    ("fit min", _path("result", "timing", "fit_seconds", scale=1 / 60, digits=1)),
+    ("epochs", _path("result", "training", "epochs", digits=0)),
+    ("ended by", _path("result", "training", "stopped_by")),
+    ("fit s/epoch", _seconds_per_epoch),
+    ("train tokens/s", _path("throughput", "tokens_per_s", digits=0)),
+    ("GFLOP/s", _path("throughput", "gflops_per_s", digits=1)),
+    ("% of peak", _path("throughput", "share_of_peak", scale=100, digits=0)),
+    ("users/s", _path("throughput", "inference_users_per_s", digits=1)),
+    ("NFE", _nfe),
+    ("test ms/user", _path("result", "timing", "test_ms_per_user", digits=2)),
+    ("peak MB", _path("peak_memory_mb", digits=0)),
+]
+
+
+def load_runs(folder: str, order: list[str] | None = None) -> list[dict]:
+    """The finished runs in ``folder/runs``, in ``order`` (then alphabetical)."""
+    runs_dir = os.path.join(folder, RUNS)
+    if not os.path.isdir(runs_dir):
+        return []
+    rows = []
+    for name in sorted(os.listdir(runs_dir)):
+        if name.endswith(".json"):
+            with open(os.path.join(runs_dir, name)) as f:
+                rows.append(json.load(f))
+    rank = {m: i for i, m in enumerate(order or [])}
+    return sorted(rows, key=lambda r: (rank.get(r["model"], len(rank)), r["model"]))
+
+
+def table_rows(rows: list[dict]) -> list[list]:
+    return [[get(row) for _, get in COLUMNS] for row in rows]
+
+
+def markdown(rows: list[dict]) -> str:
+    head = [name for name, _ in COLUMNS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for values in table_rows(rows):
+        cells = ["-" if v is None else (f"{v:,.0f}" if isinstance(v, (int, float))
+                                        and v >= 1000 else str(v)) for v in values]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def provenance(rows: list[dict]) -> str:
+    """One line per run: its command, machine, commit and date."""
+    return "\n".join(f"- {r['model']}: `{r.get('command', '?')}` on {r.get('machine', '?')}, "
+                     f"commit {r.get('commit', '?')}, {r.get('date', '?')}" for r in rows)
+
+
+def write_reports(folder: str, order: list[str] | None = None) -> list[str]:
+    """Write ``results.json``, ``results.csv``, ``results.md`` and the plots; their paths."""
+    rows = load_runs(folder, order)
+    paths = [os.path.join(folder, f) for f in ("results.json", "results.csv", "results.md")]
+    with open(paths[0], "w") as f:
+        json.dump(rows, f, indent=1)
+    with open(paths[1], "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([name for name, _ in COLUMNS])
+        writer.writerows(["" if v is None else v for v in values] for values in table_rows(rows))
+    with open(paths[2], "w") as f:
+        f.write(markdown(rows) + "\n\nMetrics in % (test split, best-validation checkpoint). "
+                "Runs:\n" + provenance(rows) + "\n")
+    return paths + plot_all(folder, rows)
+
+
+def plot_all(folder: str, rows: list[dict]) -> list[str]:
+    """The PNG plots of ``rows`` (each only when some run has its data)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(fig, key):
+        path = os.path.join(folder, PLOTS[key])
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        ks = sorted(int(k.split("@")[1]) for k in row["result"]["test_result"]
+                    if k.startswith("recall@"))
+        ax.plot(ks, [100 * row["result"]["test_result"][f"recall@{k}"] for k in ks], "o-",
+                label=row["model"])
+    ax.set(xlabel="K", ylabel="test Recall@K (%)", title="Recall@K")
+    ax.legend()
+    save(fig, "recall_at_k")
+
+    curves = [(r["model"], r["result"].get("training", {}).get("valid_curve")) for r in rows]
+    if any(c for _, c in curves):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for model, curve in curves:
+            if curve:
+                ax.plot([p["minutes"] for p in curve], [100 * p["valid_score"] for p in curve],
+                        "o-", ms=3, label=model)
+        ax.set(xlabel="wall-clock minutes of fit", ylabel="validation NDCG@10 (%)",
+               title="Validation NDCG@10 while training")
+        ax.legend()
+        save(fig, "valid_curves")
+
+    decoders = [r for r in rows if r["result"].get("test_decode")]
+    for key, x_of, label in (
+            ("recall_vs_nfe", _nfe, "NFE per user"),
+            ("recall_vs_speed", _path("throughput", "inference_users_per_s"),
+             "inference users/s")):
+        points = [(r["model"], x_of(r), _metric("recall@10")(r)) for r in decoders]
+        points = [p for p in points if p[1] is not None and p[2] is not None]
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for model, x, y in points:
+            ax.plot([x], [y], "o")
+            ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 4))
+        ax.set(xlabel=label, ylabel="test Recall@10 (%)", title=f"Recall@10 vs {label}")
+        save(fig, key)
+    return written

@@ -1,0 +1,108 @@
+"""The side-by-side benchmark: every output file and column, and re-runs that skip."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from recbole_mdgr.report import COLUMNS, PLOTS
+
+from conftest import write_tiny_dataset
+
+TINY = ["--epochs=1", "--n_layers=1", "--n_layers_enc=1", "--n_layers_dec=1",
+        "--hidden_size=16", "--inner_size=32", "--head_dim=8", "--n_heads=2",
+        "--sid_levels=2", "--sid_codebook_size=8", "--MAX_ITEM_LIST_LENGTH=10",
+        "--show_progress=False"]
+
+
+def _bench(tmp_path, out):
+    cmd = [sys.executable, "-m", "recbole_mdgr.benchmark", "--models=TIGER,SASRec",
+           "--dataset=tiny", f"--data_path={tmp_path}", f"--out={out}",
+           "--throughput_steps=1", f"--checkpoint_dir={tmp_path / 'saved'}", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_benchmark_writes_every_output_and_a_rerun_skips_finished_models(tmp_path):
+    write_tiny_dataset(tmp_path)
+    out = tmp_path / "bench"
+    done = _bench(tmp_path, out)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "[1/2] TIGER on tiny, preset None: training" in done.stdout
+
+    for model in ("TIGER", "SASRec"):
+        row = json.loads((out / "runs" / f"{model}.json").read_text())
+        assert row["model"] == model and row["dataset"] == "tiny"
+        assert row["result"]["training"]["epochs"] == 1
+        assert 0 < row["throughput"]["share_of_peak"] < 1.5
+        assert row["peak_memory_mb"] > 10
+    with open(out / "results.csv") as f:
+        table = list(csv.reader(f))
+    assert table[0] == [name for name, _ in COLUMNS]
+    assert [r[0] for r in table[1:]] == ["TIGER", "SASRec"]  # the --models order
+    for r in table[1:]:
+        cells = dict(zip(table[0], r))
+        # topk is [5, 10, 20]: R@40 was not measured; every other column was
+        assert cells.pop("R@40") == ""
+        assert all(v != "" for v in cells.values()), cells
+        assert cells["ended by"] == "max_epochs" and cells["epochs"] == "1"
+    nfe = {r[0]: float(dict(zip(table[0], r))["NFE"]) for r in table[1:]}
+    assert nfe == {"TIGER": 3.0, "SASRec": 1.0}  # 2 levels + TIGER's dedup token
+    results = json.loads((out / "results.json").read_text())
+    assert [r["model"] for r in results] == ["TIGER", "SASRec"]
+    md = (out / "results.md").read_text()
+    assert md.startswith("| model | R@5 |") and "| TIGER |" in md and "| SASRec |" in md
+    for name in PLOTS.values():
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+    before = {m: (out / "runs" / f"{m}.json").stat().st_mtime_ns for m in ("TIGER", "SASRec")}
+    again = _bench(tmp_path, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[1/2] TIGER: already in" in again.stdout and "[2/2] SASRec: already in" in again.stdout
+    assert "training" not in again.stdout.split("| model |")[0]
+    after = {m: (out / "runs" / f"{m}.json").stat().st_mtime_ns for m in ("TIGER", "SASRec")}
+    assert after == before
+
+
+def test_benchmark_refuses_an_unknown_preset_before_running(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "recbole_mdgr.benchmark", "--models=TIGER",
+                           "--preset=gpu-huge", f"--out={tmp_path / 'b'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "no preset TIGER-gpu-huge or gpu-huge for TIGER" in done.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_every_shipped_suite_names_known_models_and_config_keys():
+    import yaml
+
+    from recbole_mdgr.benchmark import run_path, suite_rows
+    from recbole_mdgr.config import Config, properties_dir
+    from recbole_mdgr.utils import get_model
+
+    folder = os.path.join(properties_dir(), "suite")
+    suites = sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+    assert {"mdgr-noise", "sid-ablation", "text-encoder", "recall-at-40"} <= set(suites)
+    for suite in suites:
+        rows = suite_rows(suite, "")
+        assert len({run_path("o", name) for name in rows}) == len(rows) >= 2
+        for name, row in rows.items():
+            get_model(row["model"])
+            known = Config(row["model"], "ml-100k").final_config_dict
+            unknown = set(row.get("config") or {}) - set(known)
+            assert not unknown, (suite, name, unknown)
+    with open(os.path.join(folder, "mdgr-noise.yaml")) as f:
+        assert yaml.safe_load(f)["rows"]["MDGR random masking"]["config"] == \
+            {"mdgr_curriculum": False}
+
+
+def test_an_unknown_suite_lists_the_shipped_ones():
+    import pytest
+
+    from recbole_mdgr.benchmark import suite_rows
+    from recbole_mdgr.errors import UserError
+
+    with pytest.raises(UserError, match="unknown suite 'nope'; shipped suites: .*mdgr-noise"):
+        suite_rows("nope", "")
