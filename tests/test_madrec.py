@@ -228,7 +228,7 @@ def test_model_beams_at_full_width_are_exact_left_to_right_scoring():
                 hidden = model.encode(model.tokens_of(codes), length[b : b + 1] + 1)
                 pos = int(length[b]) * table.m
                 logp = model.slot_log_probs(hidden[:, pos : pos + table.m])[0]
-                total += float(logp[j, sid[j]])
+                total += float(logp[j, sid[j]].detach())
                 partial[j] = sid[j]
             exact[item] = total
         ranking = sorted(exact, key=exact.get, reverse=True)
