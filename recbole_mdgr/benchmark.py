@@ -37,6 +37,7 @@ import torch
 from recbole_mdgr.errors import UserError
 from recbole_mdgr.report import RUNS
 
+
 def cpu_name() -> str:
     """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
     try:

@@ -5,8 +5,8 @@ from urllib.error import URLError
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
 
-from recbole_mdgr.errors import UserError
 from recbole_mdgr.data.dataset import SID_SUFFIX, SIDSequentialDataset, TRAIN_SAMPLE_MODES
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.utils import get_model, is_generative
 
 

@@ -15,6 +15,14 @@ SID_SUFFIX = "_sid"
 TRAIN_SAMPLE_MODES = ("prefix", "sequence", "windows")
 
 
+def check_sample_mode(mode: str | None) -> str:
+    """``train_sample_mode`` (``~`` = prefix), refused by name when unknown."""
+    mode = mode or "prefix"
+    if mode not in TRAIN_SAMPLE_MODES:
+        raise UserError(f"train_sample_mode must be one of {TRAIN_SAMPLE_MODES}, got {mode!r}")
+    return mode
+
+
 class SIDSequentialDataset(SequentialDataset):
     """RecBole's sequential dataset with semantic IDs.
 
@@ -44,12 +52,7 @@ class SIDSequentialDataset(SequentialDataset):
     """
 
     def __init__(self, config):
-        mode = config["train_sample_mode"] or "prefix"
-        if mode not in TRAIN_SAMPLE_MODES:
-            raise UserError(
-                f"train_sample_mode must be one of {TRAIN_SAMPLE_MODES}, got {mode!r}"
-            )
-        self.train_sample_mode = mode
+        self.train_sample_mode = check_sample_mode(config["train_sample_mode"])
         self.sid_table = None
         super().__init__(config)
 
@@ -104,8 +107,8 @@ class SIDSequentialDataset(SequentialDataset):
         priority[~train] = 2.0  # never dropped
         order = torch.argsort(priority, stable=True)
         order = order[torch.argsort(uid[order], stable=True)]
-        starts = torch.cumsum(torch.bincount(uid, minlength=len(n_train)), 0) - \
-            torch.bincount(uid, minlength=len(n_train))
+        rows = torch.bincount(uid, minlength=len(n_train))
+        starts = rows.cumsum(0) - rows
         position = torch.empty_like(order)
         position[order] = torch.arange(len(uid)) - starts[uid[order]]
         keep = position >= n_drop[uid]

@@ -17,7 +17,7 @@ from torch import nn
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_mdgr.data.dataset import SID_SUFFIX, TRAIN_SAMPLE_MODES
+from recbole_mdgr.data.dataset import SID_SUFFIX, check_sample_mode
 from recbole_mdgr.distributed import sum_over_processes
 from recbole_mdgr.errors import UserError
 from recbole_mdgr.model.layers import Transformer
@@ -114,10 +114,7 @@ class GenerativeRecommender(SequentialRecommender):
         the config is read (before any data); ``__init__`` calls it too. Models extend it."""
         check_stack_config(config)
         SIDSettings.from_config(config).check()
-        mode = config["train_sample_mode"] or "prefix"
-        if mode not in TRAIN_SAMPLE_MODES:
-            raise UserError(f"train_sample_mode must be one of {TRAIN_SAMPLE_MODES}, got "
-                            f"{mode!r}")
+        check_sample_mode(config["train_sample_mode"])
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

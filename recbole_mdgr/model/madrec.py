@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.model.base import GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     UNMASK_ORDERS,
@@ -20,7 +21,6 @@ from recbole_mdgr.model.decoding import (
     nfe_schedule,
 )
 from recbole_mdgr.model.layers import Dropout, KVCache, length_buckets
-from recbole_mdgr.errors import UserError
 
 
 ATTENTION_MODES = ("full", "cached")

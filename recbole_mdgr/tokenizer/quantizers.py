@@ -11,10 +11,11 @@ import math
 import faiss
 import numpy as np
 
+from recbole_mdgr.errors import UserError
+
 from .kmeans import as_faiss, kmeans, residual_kmeans
 from .rqvae import train_rqvae
 from .settings import SIDSettings
-from recbole_mdgr.errors import UserError
 
 
 class Quantizer:
@@ -141,10 +142,12 @@ QUANTIZERS: dict[str, type[Quantizer]] = {
 }
 
 
+def check_quantizer(name: str) -> None:
+    if name not in QUANTIZERS:
+        raise UserError(f"unknown sid_quantizer {name!r}; choose one of {sorted(QUANTIZERS)}")
+
+
 def make_quantizer(settings: SIDSettings) -> Quantizer:
     """The quantizer named by ``sid_quantizer``."""
-    if settings.quantizer not in QUANTIZERS:
-        raise UserError(
-            f"unknown sid_quantizer {settings.quantizer!r}; choose one of {sorted(QUANTIZERS)}"
-        )
+    check_quantizer(settings.quantizer)
     return QUANTIZERS[settings.quantizer](settings)

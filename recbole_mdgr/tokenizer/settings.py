@@ -7,6 +7,7 @@ must live here.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
 from recbole_mdgr.errors import UserError
 
 
@@ -88,20 +89,13 @@ class SIDSettings:
 
     def check(self) -> None:
         """Refuse, by key, settings no table can be built with (before any data is read)."""
-        from .quantizers import QUANTIZERS
-        from .sid_table import DEDUP_MODES
+        from .embed import check_text_encoder
+        from .quantizers import check_quantizer
+        from .sid_table import check_dedup_mode
 
-        if self.quantizer not in QUANTIZERS:
-            raise UserError(f"unknown sid_quantizer {self.quantizer!r}; choose one of "
-                            f"{sorted(QUANTIZERS)}")
-        if self.dedup not in DEDUP_MODES:
-            raise UserError(f"sid_dedup must be one of {DEDUP_MODES}, got {self.dedup!r}")
-        prefix = "sentence-transformers:"
-        if self.text_encoder not in ("tfidf", "minilm") and not (
-                self.text_encoder.startswith(prefix)
-                                                 and len(self.text_encoder) > len(prefix)):
-            raise UserError(f"unknown sid_text_encoder {self.text_encoder!r}: use 'tfidf', "
-                            "'minilm' or 'sentence-transformers:<name or local path>'")
+        check_quantizer(self.quantizer)
+        check_dedup_mode(self.dedup)
+        check_text_encoder(self.text_encoder)
 
     def as_key(self) -> dict:
         """The settings that determine the codes (``cache`` does not), for hashing."""

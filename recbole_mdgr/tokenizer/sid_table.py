@@ -23,6 +23,11 @@ from recbole_mdgr.errors import UserError
 DEDUP_MODES = ("auto", "always", "none")
 
 
+def check_dedup_mode(mode: str) -> None:
+    if mode not in DEDUP_MODES:
+        raise UserError(f"sid_dedup must be one of {DEDUP_MODES}, got {mode!r}")
+
+
 @dataclass
 class _Groups:
     """Items grouped by their codes at one subset of positions (CSR layout).
@@ -262,8 +267,7 @@ def dedup_codes(raw: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, int, d
         Items of one collision group get tokens 0, 1, ... in item-id order, so no item is
         ever dropped or merged.
     """
-    if mode not in DEDUP_MODES:
-        raise UserError(f"sid_dedup must be one of {DEDUP_MODES}, got {mode!r}")
+    check_dedup_mode(mode)
     raw = np.ascontiguousarray(raw, dtype=np.int64)
     _, inverse, counts = np.unique(raw, axis=0, return_inverse=True, return_counts=True)
     inverse = inverse.reshape(-1)

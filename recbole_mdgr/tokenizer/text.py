@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from recbole.utils import FeatureType
+
 from recbole_mdgr.errors import UserError
 
 PAD_TOKEN = "[PAD]"
