@@ -244,7 +244,7 @@ class MADRec(GenerativeRecommender):
     def cached_step(self, history, length):
         """Decoding step of ``cached`` attention: the history is encoded once here (its
         keys/values kept per layer); each step runs only the beams' ``m`` next-item tokens."""
-        B, L = history.shape[0], int(length.max())
+        L = int(length.max())
         hist_tokens = self.tokens_of(history[:, :L])  # (B, L*m)
         real = hist_tokens > 0
         cache = KVCache(self.n_layers)
@@ -253,11 +253,8 @@ class MADRec(GenerativeRecommender):
         position = self.recency_embedding.weight[0] + self.slot_embedding.weight  # (m, d)
 
         def step(partial):  # (N, m), -1 = masked, user-major rows
-            W = partial.shape[0] // B
             tokens = self.tokens_of(torch.where(partial >= 0, partial, -2)[:, None])  # (N, m)
             x = self.token_embedding(tokens) + position
-            key_mask = torch.cat([real.repeat_interleave(W, 0),
-                                  real.new_ones(partial.shape)], 1)  # (N, L*m + m)
-            return self.slot_log_probs(self.encoder(x, key_mask=key_mask, cache=cache))
+            return self.slot_log_probs(self.encoder(x, key_mask=real, cache=cache))
 
         return step
