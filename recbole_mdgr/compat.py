@@ -5,10 +5,19 @@
   ``load_data_and_model`` all fail. :func:`load_checkpoint` loads our own (trusted)
   checkpoints with ``weights_only=False``; :class:`CheckpointCompatMixin` routes RecBole's
   trainers through it. No environment variable is needed.
-- ``recbole.quick_start`` imports ``ray`` at module level; this package never imports it,
-  so ``ray`` is loaded only when hyper-parameter tuning is asked for.
-- numpy >= 2, pandas >= 3 and setuptools >= 81 break RecBole 1.2.1 (or ray) at run time;
-  ``setup.py`` pins them below those versions, and :func:`check_versions` says so clearly.
+- ray is not installed by default (``setup.py``: RecBole's ``ray<=2.6.3`` pin has no wheels
+  for Python 3.12+). ``recbole/quick_start/quick_start.py`` line 20 imports ``from ray import
+  tune`` at module level, for its ray-tuning objective only (line 223, ``tune.report``).
+  :func:`stand_in_for_missing_ray` gives that import a stand-in, so ``recbole.quick_start``
+  imports without ray and any use of ray says what to install. It can go when RecBole
+  imports ray lazily.
+- numpy 2 removed ``np.float_``, ``np.complex_`` and ``np.unicode_``, which RecBole 1.2.1's
+  ``Config.compatibility_settings`` (``recbole/config/configurator.py`` lines 630-635) reads
+  to restore ``np.float`` & co. for its metrics and data code. :func:`restore_numpy_aliases`
+  puts them back (as numpy 1 defined them); it can go when RecBole stops using the aliases.
+  numpy 1 is kept on Python < 3.13 (``setup.py``), numpy 2 runs on 3.13.
+- pandas >= 3 breaks RecBole 1.2.1 silently (its ``fillna(inplace=True)`` calls fill
+  nothing); ``setup.py`` pins it below 3 and :func:`check_versions` says so clearly.
 - RecBole 1.2.1's metrics use ``np.float`` (gone since numpy 1.24); RecBole restores the
   alias only when a ``Config`` is constructed, which a reloaded checkpoint never does.
   :func:`load_checkpoint` restores it too.
@@ -20,14 +29,63 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import os
+import sys
+import types
 import warnings
 
+import numpy
 import torch
 
 from recbole_mdgr.errors import UserError
 
-_PINS = {"numpy": (2,), "pandas": (3,)}
+RAY_MISSING = ("ray-based tuning needs ray, which recbole-mdgr does not install by default: "
+               "pip install 'recbole-mdgr[tune]' (or pip install 'ray[tune]')")
+
+_NUMPY_ALIASES = {"float_": "float64", "complex_": "complex128", "unicode_": "str_"}
+
+
+def restore_numpy_aliases(np=numpy) -> None:
+    """Give numpy 2 the three aliases RecBole 1.2.1's ``compatibility_settings`` reads
+    (numpy 1 has them: left alone)."""
+    for alias, target in _NUMPY_ALIASES.items():
+        if alias not in np.__dict__:
+            setattr(np, alias, getattr(np, target))
+
+
+class RayMissing(UserError, AttributeError):
+    """Ray was used but is not installed. An AttributeError too, so ``hasattr`` stays False."""
+
+
+class _MissingRay(types.ModuleType):
+    """``ray`` (and ``ray.tune``) when ray is not installed: importable, unusable."""
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise RayMissing(RAY_MISSING)
+
+
+def stand_in_for_missing_ray() -> None:
+    """Let ``recbole.quick_start`` import without ray; any use of ray raises :data:`RAY_MISSING`."""
+    if "ray" in sys.modules or importlib.util.find_spec("ray") is not None:
+        return
+    ray, tune = _MissingRay("ray"), _MissingRay("ray.tune")
+    for module in (ray, tune):
+        module.__spec__ = importlib.machinery.ModuleSpec(module.__name__, None)
+        module.__recbole_mdgr_stand_in__ = True
+        sys.modules[module.__name__] = module
+    ray.__dict__["tune"] = tune
+
+
+def ray_available() -> bool:
+    """True when the real ray is installed (not :func:`stand_in_for_missing_ray`'s)."""
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        return not getattr(ray, "__recbole_mdgr_stand_in__", False)
+    return importlib.util.find_spec("ray") is not None
 
 
 def load_checkpoint(path: str, map_location=None) -> dict:
@@ -47,17 +105,11 @@ def quiet_recbole_warnings() -> None:
 
 def check_versions() -> None:
     """Fail early, with the fix, on library versions RecBole 1.2.1 cannot run with."""
-    import numpy
     import pandas
 
-    for mod in (numpy, pandas):
-        major = int(mod.__version__.split(".")[0])
-        limit = _PINS[mod.__name__][0]
-        if major >= limit:
-            raise UserError(
-                f"RecBole 1.2.1 does not work with {mod.__name__} {mod.__version__}: "
-                f"pip install '{mod.__name__}<{limit}'"
-            )
+    if int(pandas.__version__.split(".")[0]) >= 3:
+        raise UserError(f"RecBole 1.2.1 does not work with pandas {pandas.__version__} "
+                        "(its fillna(inplace=True) calls fill nothing): pip install 'pandas<3'")
 
 
 class CheckpointCompatMixin:

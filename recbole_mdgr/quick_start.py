@@ -19,7 +19,12 @@ import torch.distributed as dist
 from recbole.data.transform import construct_transform
 from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
 
-from recbole_mdgr.compat import check_versions, load_checkpoint, quiet_recbole_warnings
+from recbole_mdgr.compat import (
+    check_versions,
+    load_checkpoint,
+    quiet_recbole_warnings,
+    ray_available,
+)
 from recbole_mdgr.config import Config
 from recbole_mdgr.data import create_dataset, data_preparation
 from recbole_mdgr.errors import UserError, check_atomic_files, check_config_files
@@ -176,10 +181,10 @@ def objective_function(config_dict=None, config_file_list=None, saved=True) -> d
         train_data, valid_data, verbose=False, saved=saved
     )
     test_result = trainer.evaluate(test_data, load_best_model=saved)
-    if "ray" in sys.modules:  # inside a Ray Tune trial: report to it
+    if "ray" in sys.modules and ray_available():  # inside a Ray Tune trial: report to it
         from ray import tune
 
-        tune.report(**test_result)
+        tune.report(dict(test_result))  # ray >= 2.7 takes one dict (RecBole's ray took kwargs)
     return {
         "model": config["model"],
         "best_valid_score": best_valid_score,

@@ -167,7 +167,8 @@ def test_objective_function_runs_without_importing_ray(tiny):
         "assert set(r) == {'model', 'best_valid_score', 'valid_score_bigger', "
         "'best_valid_result', 'test_result'}, r; "
         "assert r['model'] == 'SASRec'; "
-        "assert 'ray' not in sys.modules, 'ray was imported'; print('ok')"
+        "ray = sys.modules.get('ray'); "
+        "assert ray is None or ray.__recbole_mdgr_stand_in__, 'ray was imported'; print('ok')"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp, capture_output=True, text=True,
                           timeout=300)

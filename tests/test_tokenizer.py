@@ -301,6 +301,25 @@ def test_embedding_file_rows_are_aligned_by_item_token(items60, tmp_path):
         build_sid_table(config, dataset)
 
 
+def test_embedding_rows_all_zero_are_kept_with_a_warning_and_nan_rows_refused(
+        items60, tmp_path, caplog):
+    _, _, dataset = items60
+    vectors = clustered(n=dataset.item_num - 1)
+    vectors[[3, 7, 11]] = 0.0
+    np.save(tmp_path / "emb.npy", vectors)
+    config = sid_config(tmp_path, sid_embedding_file=str(tmp_path / "emb.npy"), sid_cache=False)
+    table = build_sid_table(config, dataset)
+    assert table.codes.shape[0] == dataset.item_num  # every item has a SID, zero rows too
+    assert len({tuple(c) for c in table.codes[1:].tolist()}) == dataset.item_num - 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("3 of 60 items have an all-zero vector in") for m in warned)
+
+    vectors[5, 2] = np.nan
+    np.save(tmp_path / "emb.npy", vectors)
+    with pytest.raises(ValueError, match=r"1 item vectors from .*emb\.npy contain NaN"):
+        build_sid_table(config, dataset)
+
+
 def test_cli_builds_a_table_and_logs_its_stats(tiny, capsys, caplog):
     import logging
 

@@ -172,7 +172,12 @@ def encode_texts(texts: list[str], encoder: str, dim: int, seed: int) -> np.ndar
 
 # ---------------------------------------------------------------------------- pretrained vectors
 def _align(dataset, tokens: list[str], rows: np.ndarray, where: str) -> np.ndarray:
-    """Rows of ``rows [n_rows, d]`` keyed by item ``tokens`` -> ``[item_num - 1, d]``."""
+    """Rows of ``rows [n_rows, d]`` keyed by item ``tokens`` -> ``[item_num - 1, d]``.
+
+    The policy for pretrained vectors: an item with no row is refused (no vector is
+    invented for it); a row with NaN or inf is refused; an all-zero row is a vector like
+    any other and is kept, with a warning giving their number (such items tend to share
+    one code, told apart by the dedup token)."""
     item_tokens = list(dataset.field2id_token[dataset.iid_field][1 : dataset.item_num])
     pos = {t: i for i, t in enumerate(tokens)}
     missing = [t for t in item_tokens if t not in pos]
@@ -181,7 +186,13 @@ def _align(dataset, tokens: list[str], rows: np.ndarray, where: str) -> np.ndarr
             f"{len(missing)} of {len(item_tokens)} items have no vector in {where} "
             f"(e.g. {missing[:3]}); add rows for them or fix the item ids"
         )
-    return _check_finite(rows[[pos[t] for t in item_tokens]].astype(np.float32), where)
+    vectors = _check_finite(rows[[pos[t] for t in item_tokens]].astype(np.float32), where)
+    zero = int((~vectors.any(1)).sum())
+    if zero:
+        logging.getLogger().warning(
+            "%d of %d items have an all-zero vector in %s; kept as given (they are likely to "
+            "share one code, told apart by the dedup token)", zero, len(vectors), where)
+    return vectors
 
 
 def _file_source(dataset, path: str, ids_path: str | None) -> VectorSource:
@@ -223,7 +234,7 @@ def _field_source(dataset, field: str) -> VectorSource:
             )
         ids = item_rows(dataset, feat, id_field)
         values = [np.asarray(v, dtype=np.float32).ravel() for v in feat_column(feat, field)]
-        keep = [(i, v) for i, v in zip(ids, values) if i > 0 and len(v) and np.any(v)]
+        keep = [(i, v) for i, v in zip(ids, values) if i > 0 and len(v)]  # empty: no row
         where = f"field {field} of {name} ({dataset.dataset_name}.* feature file)"
         if not keep:
             raise UserError(f"{where} holds no vectors")
