@@ -196,7 +196,7 @@ def test_generate_runs_one_forward_per_step_for_all_beams(nfe):
     model = make_model(table, madrec_nfe=nfe, beam_size=10)
     calls = []
     encode = model.encode
-    model.encode = lambda tokens, n: calls.append(len(tokens)) or encode(tokens, n)
+    model.encode = lambda tokens, n, *rest: calls.append(len(tokens)) or encode(tokens, n, *rest)
     batch = make_batch(table, B=5)
     items, scores = model.generate(batch, k=10)
     assert len(calls) == nfe  # not nfe x beams
@@ -304,3 +304,163 @@ def test_cached_generate_encodes_history_once_then_one_pass_per_step(nfe):
     assert rows[0] == (5, L * table.m)  # the history, once per user
     assert len(rows) == 1 + nfe and all(r[1] == table.m for r in rows[1:])  # m tokens a beam
     assert (items > 0).all() and model.decode_stats.invalid == 0
+
+
+# ---------------------------------------------------------------------------- dense retrieval
+class DenseDataset(FakeDataset):
+    """FakeDataset with the item vectors the SIDs would have been built from."""
+
+    def __init__(self, table, d_text=8, seed=0):
+        super().__init__(table)
+        vectors = np.random.default_rng(seed).normal(size=(table.n_items, d_text))
+        vectors[0] = 0.0
+        self.vectors = vectors.astype(np.float32)
+
+    def item_vectors(self):
+        return self.vectors
+
+
+def make_dense_model(table, **overrides):
+    torch.manual_seed(0)
+    dense = dict(madrec_dense=True, madrec_dense_beta=0.2, madrec_dense_layer=1,
+                 madrec_dense_rank=4, madrec_dense_hidden=16, madrec_dense_weight=1.0)
+    config = make_config(**{**dense, **overrides})
+    return MADRec(config, DenseDataset(table)).eval()
+
+
+def test_info_nce_is_the_softmax_cross_entropy_over_all_items_worked_by_hand():
+    from recbole_mdgr.model.dense import info_nce
+
+    vectors = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # row 0 = padding
+    pred = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    # row 0: logits (1, 0), target item 1 -> log(1 + e^-1); row 1: logits (0, 2), target
+    # item 1 -> log(1 + e^2); padding is no candidate
+    want = (np.log1p(np.exp(-1.0)) + np.log1p(np.exp(2.0))) / 2
+    assert info_nce(pred, vectors, torch.tensor([1, 1])).item() == pytest.approx(want, abs=1e-6)
+
+
+def test_beta_1_masks_whole_items_with_probability_t_and_beta_0_single_tokens():
+    table = make_table(n_real=30, sizes=(4, 4))  # m = 3
+    model = make_dense_model(table, madrec_dense_beta=1.0)
+    B, I, m = 400, 21, model.sid_len
+    real = torch.ones(B, I * m, dtype=torch.bool)
+    real[:, -m:] = torch.arange(B)[:, None] % 2 == 0  # half the rows: 20 items
+    n_items = torch.where(torch.arange(B) % 2 == 0, I, I - 1)
+    mask, t = model.sample_mask(real, n_items, torch.Generator().manual_seed(0))
+    per_item = mask.view(B, I, m)
+    assert torch.equal(per_item.all(-1), per_item.any(-1))  # all of an item's tokens or none
+    assert not (mask & ~real).any()
+    share = per_item[:, :20].any(-1).float().mean(1)  # masked share of each row's items
+    assert torch.corrcoef(torch.stack([share, t]))[0, 1] > 0.9  # each item w.p. t
+    assert abs(float((share - t).mean())) < 0.02
+    model.dense_beta = 0.0
+    mask, _ = model.sample_mask(real, n_items, torch.Generator().manual_seed(0))
+    per_item = mask.view(B, I, m)
+    assert (per_item.any(-1) & ~per_item.all(-1)).any()  # partly masked items exist
+
+
+def test_text_reaches_only_items_whose_sid_is_entirely_visible(monkeypatch):
+    table = make_table(n_real=30, sizes=(4, 4))
+    model = make_dense_model(table)
+    m, d = model.sid_len, model.hidden_size
+    items = torch.tensor([[3, 5, 7, 0]])
+    visible = torch.tensor([[True, False, True, True]])
+    out = model.item_text_inputs(items, visible).view(1, 4, m, d)
+    assert out[0, 1].abs().sum() == 0 and out[0, 3].abs().sum() == 0  # masked item, padding
+    for col, item in ((0, 3), (2, 7)):  # A_j h_text, slot by slot
+        want = model.text_proj(model.item_text[item]).view(m, d)
+        assert torch.allclose(out[0, col], want, atol=1e-5)
+    # in training, "visible" means: none of the item's tokens is masked
+    batch = make_batch(table, B=4)
+    length = batch["item_length"]
+    codes = model.sequence_codes(batch["item_id_list_sid"], length, batch["item_id_sid"])
+    items = model.append_last(batch["item_id_list"], length, batch["item_id"], 0)
+    mask = torch.zeros(codes.shape, dtype=torch.bool)
+    mask[0, 0, 1] = True  # user 0: its first item partly masked
+    mask[torch.arange(4), length] = True  # every target fully masked
+    seen = []
+    real = model.item_text_inputs
+    monkeypatch.setattr(model, "item_text_inputs", lambda i, v: seen.append(v) or real(i, v))
+    model.masked_loss(codes, mask.flatten(1), torch.full((4,), 0.5), length + 1, items)
+    assert torch.equal(seen[0], ~mask.any(-1))
+
+
+def decoding_step(model, batch):
+    """The model's decoding step for ``batch`` (its attention mode), history text included."""
+    seq, length = batch["item_id_list_sid"], batch["item_length"]
+    B = len(length)
+    items = model.append_last(batch["item_id_list"], length, torch.zeros(B, dtype=torch.long), 0)
+    text = model.item_text_inputs(items, torch.ones_like(items, dtype=torch.bool))
+    if model.attention == "cached":
+        return model.cached_step(seq, length, text)
+    codes = model.sequence_codes(seq, length, torch.full((B, model.sid_len), -2))
+    return model.full_step(codes, length + 1, text)
+
+
+@torch.no_grad()
+def test_dense_retrieval_ranks_all_items_by_inner_product_like_brute_force():
+    table = make_table(n_real=40, sizes=(4, 4))
+    model = make_dense_model(table, madrec_retrieval="dense")
+    batch = make_batch(table, B=5)
+    items, scores = model.generate(batch, 10)
+    brute = model.dense_query(decoding_step(model, batch), 5) @ model.item_text[1:].T
+    want_scores, want_items = brute.topk(10, dim=1)
+    assert torch.equal(items, want_items + 1)
+    assert torch.allclose(scores, want_scores, atol=1e-5)
+    assert model.decode_stats.summary()["nfe_per_user"] == 1.0
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("attention", ["full", "cached"])
+def test_unified_reorders_the_generated_items_exactly_by_dense_score(attention):
+    table = make_table(n_real=40, sizes=(4, 4))
+    model = make_dense_model(table, madrec_attention=attention, madrec_dense_layer=2,
+                             beam_size=10)
+    batch = make_batch(table, B=5)
+    generated, _ = model.generate(batch, 10)  # generative: the beam_size candidates
+    model.retrieval = "unified"
+    unified, scores = model.generate(batch, 5)
+    queries = model.dense_query(decoding_step(model, batch), 5)
+    for b in range(5):
+        cands = [i for i in generated[b].tolist() if i > 0]
+        dense = {i: float(queries[b] @ model.item_text[i]) for i in cands}
+        want = sorted(cands, key=lambda i: -dense[i])[:5]
+        assert unified[b].tolist()[: len(want)] == want
+        assert scores[b, : len(want)].tolist() == pytest.approx([dense[i] for i in want],
+                                                                abs=1e-5)
+
+
+def test_dense_model_learns_and_unknown_retrieval_modes_are_refused():
+    table = make_table(n_real=30, sizes=(4, 4))
+    model = make_dense_model(table).train()
+    batch = make_batch(table, B=8)
+    length = batch["item_length"]
+    codes = model.sequence_codes(batch["item_id_list_sid"], length, batch["item_id_sid"])
+    items = model.append_last(batch["item_id_list"], length, batch["item_id"], 0)
+    mask = torch.zeros(codes.shape, dtype=torch.bool)
+    mask[torch.arange(8), length] = True  # the targets, fully masked: the dense loss's items
+    t = torch.ones(8)
+
+    def dense_loss():
+        _, kept = model.encode(model.tokens_of(torch.where(mask, -2, codes)), length + 1,
+                               model.item_text_inputs(items, ~mask.any(-1)), keep_layer=1)
+        return model.dense_loss(kept, mask.all(-1), items)
+
+    first = dense_loss().item()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = model.masked_loss(codes, mask.flatten(1), t, length + 1, items)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert dense_loss().item() < 0.5 * first  # the predicted vectors move to their items'
+    from recbole_mdgr.errors import UserError
+    from recbole_mdgr.model.base import ConfigView
+
+    with pytest.raises(UserError, match="madrec_retrieval must be one of"):
+        MADRec.check_config(ConfigView(make_config(madrec_retrieval="sparse")))
+    with pytest.raises(UserError, match="needs a model trained with madrec_dense: True"):
+        MADRec.check_config(ConfigView(make_config(madrec_retrieval="unified")))
+    with pytest.raises(UserError, match=r"madrec_dense_layer must be in 1..n_layers \(2\)"):
+        MADRec.check_config(ConfigView(make_config(madrec_dense=True, madrec_dense_layer=3,
+                                                   madrec_dense_beta=0.2)))

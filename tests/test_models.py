@@ -114,3 +114,26 @@ def test_generate_never_sees_the_answer(tiny):
     assert torch.equal(torch.cat(lists), first)
     assert all("item_id" not in s and "item_id_sid" not in s for s in seen)
     assert all("item_id_list_sid" in s for s in seen)
+
+
+def test_madrec_with_dense_retrieval_trains_reloads_and_ranks_three_ways(tiny):
+    tmp, cfg = tiny
+    dense = {"madrec_dense": True, "madrec_dense_layer": 1, "madrec_dense_rank": 4,
+             "madrec_dense_hidden": 8, "madrec_retrieval": "unified"}
+    cfg = {**cfg, **TINY["MADRec"], **dense, "epochs": 2, "state": "INFO"}
+    result = run_recbole_mdgr("MADRec", "tiny", config_dict=cfg)
+    assert result["test_decode"]["nfe_per_user"] == NFE["MADRec"] + 1  # + the dense query
+    (saved,) = [f for f in os.listdir(tmp / "saved") if f.startswith("MADRec-")]
+    config, net, dataset, train_data, valid_data, test_data = load_data_and_model(
+        str(tmp / "saved" / saved))
+    assert net.item_text.shape[0] == dataset.item_num  # the item vectors travel with it
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    assert dict(trainer.evaluate(test_data, load_best_model=False)) == dict(result["test_result"])
+    by_mode = {}
+    for mode in ("generative", "dense", "unified"):
+        net.retrieval = mode
+        by_mode[mode] = dict(trainer.evaluate(test_data, load_best_model=False))
+    assert by_mode["unified"] == dict(result["test_result"])
+    # unified only reorders the generated items: as many hits in the top 20 (= beam_size)
+    assert by_mode["unified"]["hit@20"] == by_mode["generative"]["hit@20"]
+    assert by_mode["dense"] != by_mode["generative"]

@@ -86,6 +86,14 @@ class SIDSequentialDataset(SequentialDataset):
             d.sid_table = self.sid_table
         return datasets
 
+    def item_vectors(self):
+        """``[item_num, d]`` float32: the vectors this dataset's SIDs are built from (the
+        same ``sid_*`` source), row 0 (padding) zero. Computed on each call (dense retrieval
+        asks once per model)."""
+        from recbole_mdgr.tokenizer import item_vectors
+
+        return item_vectors(self.config, self)
+
     def data_augmentation(self):
         ratio = self.config["train_drop_ratio"] or 0.0
         if ratio:

@@ -292,12 +292,21 @@ class Transformer(nn.Module):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
-    ) -> torch.Tensor:
-        """``x`` (N, T, d) -> (N, T, d). Masks are bool, True = a real position."""
+        keep_layer: int | None = None,
+    ):
+        """``x`` (N, T, d) -> (N, T, d). Masks are bool, True = a real position.
+
+        ``keep_layer`` = i: also return the hidden states after block i (1-based, before
+        the final norm), as ``(out, kept)``.
+        """
+        kept = None
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else cache.layers[i]
             x = block(x, key_mask, causal, memory, memory_mask, layer_cache)
-        return self.norm(x)
+            if keep_layer == i + 1:
+                kept = x
+        out = self.norm(x)
+        return out if keep_layer is None else (out, kept)
 
 
 class KVCache:

@@ -13,12 +13,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mdgr.errors import UserError
-from recbole_mdgr.model.base import GenerativeRecommender
+from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     UNMASK_ORDERS,
     finish_beams,
     masked_beam_search,
     nfe_schedule,
+)
+from recbole_mdgr.model.dense import (
+    RETRIEVAL_MODES,
+    DenseHead,
+    InnerProductIndex,
+    info_nce,
+    rerank,
 )
 from recbole_mdgr.model.layers import Dropout, KVCache, length_buckets
 
@@ -75,6 +82,26 @@ class MADRec(GenerativeRecommender):
         if (config["madrec_attention"] or "full") not in ATTENTION_MODES:
             raise UserError(f"madrec_attention must be one of {ATTENTION_MODES}, "
                             f"got {config['madrec_attention']!r}")
+        retrieval = config["madrec_retrieval"] or "generative"
+        if retrieval not in RETRIEVAL_MODES:
+            raise UserError(f"madrec_retrieval must be one of {RETRIEVAL_MODES}, "
+                            f"got {retrieval!r}")
+        if retrieval != "generative" and not config["madrec_dense"]:
+            raise UserError(f"madrec_retrieval: {retrieval} needs a model trained with "
+                            "madrec_dense: True")
+        if config["madrec_dense"]:
+            if not 0.0 <= config["madrec_dense_beta"] <= 1.0:
+                raise UserError("madrec_dense_beta must be in [0, 1], got "
+                                f"{config['madrec_dense_beta']}")
+            if not 1 <= config["madrec_dense_layer"] <= config["n_layers"]:
+                raise UserError(f"madrec_dense_layer must be in 1..n_layers "
+                                f"({config['n_layers']}), got {config['madrec_dense_layer']}")
+            for key in ("madrec_dense_rank", "madrec_dense_hidden"):
+                if not (isinstance(config[key], int) and config[key] > 0):
+                    raise UserError(f"{key} must be a positive integer, got {config[key]!r}")
+            if not config["madrec_dense_weight"] >= 0.0:
+                raise UserError("madrec_dense_weight must be >= 0, got "
+                                f"{config['madrec_dense_weight']}")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -89,6 +116,9 @@ class MADRec(GenerativeRecommender):
         self.schedule = nfe_schedule(self.sid_len, nfe)
         self.order_seed = config["seed"]
         self.attention = config["madrec_attention"] or "full"
+        view = ConfigView(config)
+        self.dense = bool(view["madrec_dense"])
+        self.retrieval = view["madrec_retrieval"] or "generative"
 
         # define layers
         m, d = self.sid_len, self.hidden_size
@@ -99,34 +129,60 @@ class MADRec(GenerativeRecommender):
         self.encoder = self.transformer(self.n_layers)
         self.heads = nn.ModuleList(nn.Linear(d, v) for v in self.sid_vocab_sizes)
         self.dropout = Dropout(self.dropout_prob)
+        if self.dense:  # paper §3.3
+            self.dense_beta = config["madrec_dense_beta"]
+            self.dense_layer = config["madrec_dense_layer"]
+            self.dense_weight = config["madrec_dense_weight"]
+            vectors = torch.as_tensor(dataset.item_vectors())  # (item_num, d_text)
+            self.register_buffer("item_text", vectors, persistent=True)
+            self.text_proj = nn.Linear(vectors.shape[1], m * d, bias=False)  # A_1..A_m
+            self.dense_head = DenseHead(m * d, vectors.shape[1], config["madrec_dense_hidden"],
+                                        config["madrec_dense_rank"])
+            self.__dict__["_dense_index"] = None
 
         # parameters initialization
         self.apply(self._init_weights)
 
     # ------------------------------------------------------------------ sequences
+    @staticmethod
+    def append_last(seq, seq_len, last, pad):
+        """History ``[B, L_max, ...]`` plus a last entry ``[B, ...]`` written right after each
+        history -> ``[B, L + 1, ...]``, L = the batch's longest history, ``pad`` after."""
+        B, L = seq.shape[0], int(seq_len.max())
+        out = torch.cat([seq[:, :L], seq.new_full((B, 1, *seq.shape[2:]), pad)], 1)
+        out[torch.arange(B, device=out.device), seq_len] = last
+        return out
+
     def sequence_codes(self, item_seq_sid, item_seq_len, last_sid):
-        """History ``[B, L_max, m]`` (-1 = pad) plus a last item ``[B, m]`` written right
-        after each history -> codes ``[B, L + 1, m]``, L = the batch's longest history."""
-        B, L = item_seq_sid.shape[0], int(item_seq_len.max())
-        codes = torch.cat([item_seq_sid[:, :L], item_seq_sid.new_full((B, 1, self.sid_len), -1)],
-                          1)
-        codes[torch.arange(B, device=codes.device), item_seq_len] = last_sid
-        return codes
+        """History ``[B, L_max, m]`` (-1 = pad) plus a last item's SID ``[B, m]`` ->
+        codes ``[B, L + 1, m]``."""
+        return self.append_last(item_seq_sid, item_seq_len, last_sid, -1)
+
+    def item_text_inputs(self, items, visible):
+        """``A_j h_text`` of the items ``[N, I]`` (0 = pad) -> ``[N, I * m, d]``, zero for an
+        item that is not ``visible`` ``[N, I]``. Only items whose SID is entirely unmasked
+        get their text: a masked slot that could read its own item's text (or a sibling
+        slot's) would be given the answer, and at inference the item being decoded has none."""
+        text = self.item_text[items] * (visible & (items > 0))[..., None]
+        N, I = items.shape
+        return self.text_proj(text).view(N, I * self.sid_len, self.hidden_size)
 
     def tokens_of(self, codes):
         """Codes ``[N, I, m]`` (-1 = pad, -2 = mask) -> tokens ``[N, I * m]``."""
         tokens = torch.where(codes >= 0, codes + self.token_offset, 0)
         return tokens.masked_fill(codes == -2, self.mask_token).flatten(1)
 
-    def embed(self, tokens, n_items):
+    def embed(self, tokens, n_items, text=None):
         """Tokens ``[N, I * m]`` of the first ``I`` items of sequences of ``n_items`` ``[N]``
-        items -> inputs ``[N, I * m, d]``: token + recency (0 = last item) + slot."""
+        items -> inputs ``[N, I * m, d]``: token + recency (0 = last item) + slot (+ ``text``
+        ``[N, I * m, d]``, :meth:`item_text_inputs`, with ``madrec_dense``)."""
         I, m = tokens.shape[1] // self.sid_len, self.sid_len
         steps = torch.arange(I, device=tokens.device)
         recency = (n_items[:, None] - 1 - steps).clamp(min=0)  # (N, I)
-        return self.dropout(self.token_embedding(tokens)
-                            + self.recency_embedding(recency).repeat_interleave(m, 1)
-                            + self.slot_embedding.weight.repeat(I, 1))
+        x = (self.token_embedding(tokens)
+             + self.recency_embedding(recency).repeat_interleave(m, 1)
+             + self.slot_embedding.weight.repeat(I, 1))
+        return self.dropout(x if text is None else x + text)
 
     def attention_mask(self, key_mask, n_items):
         """``(b, S)`` real tokens -> what each query may see: ``(b, S)`` (``full``) or
@@ -137,17 +193,23 @@ class MADRec(GenerativeRecommender):
         last = item[None, :] == (n_items - 1)[:, None]  # (b, S)
         return key_mask[:, None, :] & (~last[:, None, :] | last[:, :, None])
 
-    def encode(self, tokens, n_items):
+    def encode(self, tokens, n_items, text=None, keep_layer=None):
         """Tokens ``[N, I * m]`` of sequences of ``n_items`` ``[N]`` items -> hidden
-        ``[N, I * m, d]`` (zeros at padding), run per length bucket."""
-        x = self.embed(tokens, n_items)
+        ``[N, I * m, d]`` (zeros at padding), run per length bucket. With ``keep_layer``,
+        ``(hidden, hidden after that block)``."""
+        x = self.embed(tokens, n_items, text)
         encoder = self.train_module("encoder")
         out = x.new_zeros(x.shape)
+        kept = x.new_zeros(x.shape) if keep_layer else None
         for rows, key_mask in length_buckets(n_items * self.sid_len, self.encoder_buckets):
             S_b = key_mask.shape[1]
             mask = self.attention_mask(key_mask, n_items[rows])
-            out[rows, :S_b] = encoder(x[rows, :S_b], key_mask=mask)
-        return out
+            if keep_layer:
+                out[rows, :S_b], kept[rows, :S_b] = encoder(x[rows, :S_b], key_mask=mask,
+                                                            keep_layer=keep_layer)
+            else:
+                out[rows, :S_b] = encoder(x[rows, :S_b], key_mask=mask)
+        return out if keep_layer is None else (out, kept)
 
     def slot_log_probs(self, hidden):
         """Hidden ``[N, m, d]`` of one item's slots -> ``[N, m, V_max]`` float32 log-probs,
@@ -165,11 +227,19 @@ class MADRec(GenerativeRecommender):
             (mask ``[B, S]`` bool, t ``[B]``): ``t ~ U(0, 1)`` floored at ``madrec_min_t``,
             each real token masked with probability ``t``; a sequence picked with probability
             ``madrec_last_item_mask_prob`` has exactly its last item masked and ``t = 1``.
+            With ``madrec_dense``, a sequence picked with probability ``madrec_dense_beta``
+            masks whole items instead of tokens: each item's ``m`` tokens together, with
+            probability ``t`` (paper §3.3).
         """
         B, S = real.shape
         device = real.device
         t = torch.rand(B, device=device, generator=generator).clamp(min=self.min_t)
         mask = (torch.rand(B, S, device=device, generator=generator) < t[:, None]) & real
+        if self.dense:
+            whole = torch.rand(B, device=device, generator=generator) < self.dense_beta
+            per_item = torch.rand(B, S // self.sid_len, device=device, generator=generator)
+            item_mask = (per_item < t[:, None]).repeat_interleave(self.sid_len, 1) & real
+            mask = torch.where(whole[:, None], item_mask, mask)
         last = torch.rand(B, device=device, generator=generator) < self.last_item_mask_prob
         if bool(last.any()):
             slot = torch.arange(S, device=device) // self.sid_len
@@ -178,14 +248,23 @@ class MADRec(GenerativeRecommender):
             t = torch.where(last, torch.ones_like(t), t)
         return mask, t
 
-    def masked_loss(self, codes, mask, t, n_items):
-        """1/t-weighted cross-entropy of the masked tokens, divided by the real tokens.
+    def masked_loss(self, codes, mask, t, n_items, items=None):
+        """1/t-weighted cross-entropy of the masked tokens, divided by the real tokens
+        (+ ``madrec_dense_weight`` x the dense loss, with ``madrec_dense``).
 
-        ``codes`` ``[B, I, m]`` (-1 = pad), ``mask`` ``[B, I * m]``, ``t`` ``[B]``.
+        ``codes`` ``[B, I, m]`` (-1 = pad), ``mask`` ``[B, I * m]``, ``t`` ``[B]``, ``items``
+        ``[B, I]`` the item ids (0 = pad; needed with ``madrec_dense``).
         """
         flat = codes.flatten(1)  # (B, S)
-        inputs = self.tokens_of(torch.where(mask.view_as(codes), -2, codes))
-        hidden = self.encode(inputs, n_items)  # (B, S, d)
+        item_masked = mask.view_as(codes)
+        inputs = self.tokens_of(torch.where(item_masked, -2, codes))
+        dense_loss = None
+        if self.dense:
+            text = self.item_text_inputs(items, ~item_masked.any(-1))
+            hidden, kept = self.encode(inputs, n_items, text, keep_layer=self.dense_layer)
+            dense_loss = self.dense_loss(kept, item_masked.all(-1) & (items > 0), items)
+        else:
+            hidden = self.encode(inputs, n_items)  # (B, S, d)
         rows, pos = mask.nonzero(as_tuple=True)
         h, slot, target = hidden[rows, pos], pos % self.sid_len, flat[rows, pos]
         weight = 1.0 / t[rows]
@@ -195,7 +274,21 @@ class MADRec(GenerativeRecommender):
             if bool(at.any()):
                 ce = F.cross_entropy(head(h[at]).float(), target[at], reduction="none")
                 total = total + (weight[at] * ce).sum()
-        return total / (flat >= 0).sum().clamp(min=1)
+        loss = total / (flat >= 0).sum().clamp(min=1)
+        return loss if dense_loss is None else loss + self.dense_weight * dense_loss
+
+    def dense_vectors(self, kept, rows, cols):
+        """Predicted item vectors ``g(concat of the m slot states after madrec_dense_layer
+        blocks)`` of items ``(rows, cols)`` of ``kept`` ``[N, I * m, d]`` -> ``[n, d_text]``."""
+        at = cols[:, None] * self.sid_len + torch.arange(self.sid_len, device=kept.device)
+        return self.dense_head(kept[rows[:, None], at].flatten(1))
+
+    def dense_loss(self, kept, fully_masked, items):
+        """InfoNCE over all items (paper §3.3), on the fully masked items only (0 if none)."""
+        rows, cols = fully_masked.nonzero(as_tuple=True)
+        if len(rows) == 0:
+            return kept.new_zeros(())
+        return info_nce(self.dense_vectors(kept, rows, cols), self.item_text, items[rows, cols])
 
     def calculate_loss(self, interaction):
         history = interaction[self.ITEM_SEQ_SID]
@@ -203,58 +296,112 @@ class MADRec(GenerativeRecommender):
         codes = self.sequence_codes(history, length, interaction[self.POS_ITEM_SID])
         n_items = length + 1
         mask, t = self.sample_mask(codes.flatten(1) >= 0, n_items)
-        return self.masked_loss(codes, mask, t, n_items)
+        items = None
+        if self.dense:
+            items = self.append_last(interaction[self.ITEM_SEQ], length,
+                                     interaction[self.POS_ITEM_ID], 0)
+        return self.masked_loss(codes, mask, t, n_items, items)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate(self, interaction, k):
+        """Top-``k`` items by ``madrec_retrieval``: ``generative`` (masked beam search),
+        ``dense`` (inner-product search of the predicted item vector over all items) or
+        ``unified`` (the generated ``beam_size`` items re-ranked by their dense score)."""
         history = interaction[self.ITEM_SEQ_SID]
         length = interaction[self.ITEM_SEQ_LEN]
         B = history.shape[0]
-        codes = self.sequence_codes(history, length, history.new_full((B, self.sid_len), -2))
-        n_items = length + 1
+        text = None
+        if self.dense:  # the history items' text; the item being predicted has none
+            items = self.append_last(interaction[self.ITEM_SEQ], length,
+                                     interaction[self.ITEM_SEQ].new_zeros(B), 0)
+            text = self.item_text_inputs(items, torch.ones_like(items, dtype=torch.bool))
+        if self.attention == "cached":
+            step = self.cached_step(history, length, text)
+        else:
+            codes = self.sequence_codes(history, length, history.new_full((B, self.sid_len), -2))
+            step = self.full_step(codes, length + 1, text)
+        if self.retrieval == "dense":
+            items, scores = self.dense_index().search(self.dense_query(step, B), k)
+            self.decode_stats.add(B, nfe=1, generated=B * k, invalid=0)
+            return items, scores
         generator = None
         if self.order == "random":
-            generator = torch.Generator(device=codes.device).manual_seed(self.order_seed)
-        step = (self.cached_step(history, length) if self.attention == "cached"
-                else self.full_step(codes, n_items))
+            generator = torch.Generator(device=history.device).manual_seed(self.order_seed)
         sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,
                                           self.schedule, self.order, self.sid_constrained,
                                           generator)
-        items, scores, generated, invalid = finish_beams(self.sid_table, sids, scores, k)
-        self.decode_stats.add(B, nfe=len(self.schedule), generated=generated, invalid=invalid)
+        nfe = len(self.schedule)
+        if self.retrieval == "unified":
+            items, _, generated, invalid = finish_beams(self.sid_table, sids, scores,
+                                                        self.beam_size)
+            items, scores = rerank(items, self.dense_query(step, B), self.item_text, k)
+            nfe += 1
+        else:
+            items, scores, generated, invalid = finish_beams(self.sid_table, sids, scores, k)
+        self.decode_stats.add(B, nfe=nfe, generated=generated, invalid=invalid)
         return items, scores
 
-    def full_step(self, codes, n_items):
-        """Decoding step of ``full`` attention: the whole sequence, every beam, re-encoded."""
+    def dense_query(self, step, B):
+        """The predicted vector of each user's next item ``[B, d_text]``: one pass with its
+        SID fully masked, the slot states after ``madrec_dense_layer`` blocks through ``g``."""
+        partial = torch.full((B, self.sid_len), -1, dtype=torch.long,
+                             device=self.item_text.device)
+        _, kept = step(partial, keep_layer=self.dense_layer)  # (B, m, d)
+        return self.dense_head(kept.flatten(1))
+
+    def dense_index(self) -> InnerProductIndex:
+        """The faiss index of the item vectors, built on first use."""
+        if self._dense_index is None:
+            self.__dict__["_dense_index"] = InnerProductIndex(self.item_text)
+        return self._dense_index
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if self.dense:
+            self.__dict__["_dense_index"] = None  # item vectors may change with the weights
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def full_step(self, codes, n_items, text=None):
+        """Decoding step of ``full`` attention: the whole sequence, every beam, re-encoded.
+        ``step(partial)`` -> log-probs ``[N, m, V]``; with ``keep_layer``, also the last
+        item's states after that block ``[N, m, d]``."""
         B = codes.shape[0]
 
-        def step(partial):  # (N, m), -1 = masked, user-major rows
+        def step(partial, keep_layer=None):  # (N, m), -1 = masked, user-major rows
             W = partial.shape[0] // B
             seq = codes.repeat_interleave(W, 0)  # (N, I, m)
             rows = torch.arange(len(seq), device=seq.device)
             last = n_items.repeat_interleave(W) - 1
             seq[rows, last] = torch.where(partial >= 0, partial, -2)
-            hidden = self.encode(self.tokens_of(seq), n_items.repeat_interleave(W))
+            beam_text = None if text is None else text.repeat_interleave(W, 0)
+            out = self.encode(self.tokens_of(seq), n_items.repeat_interleave(W), beam_text,
+                              keep_layer)
+            hidden, kept = out if keep_layer else (out, None)
             at = last[:, None] * self.sid_len + torch.arange(self.sid_len, device=seq.device)
-            return self.slot_log_probs(hidden[rows[:, None], at])  # (N, m, V)
+            log_probs = self.slot_log_probs(hidden[rows[:, None], at])  # (N, m, V)
+            return log_probs if keep_layer is None else (log_probs, kept[rows[:, None], at])
 
         return step
 
-    def cached_step(self, history, length):
+    def cached_step(self, history, length, text=None):
         """Decoding step of ``cached`` attention: the history is encoded once here (its
-        keys/values kept per layer); each step runs only the beams' ``m`` next-item tokens."""
+        keys/values kept per layer); each step runs only the beams' ``m`` next-item tokens.
+        ``text``: :meth:`item_text_inputs` of the history (and the last item's zeros)."""
         L = int(length.max())
         hist_tokens = self.tokens_of(history[:, :L])  # (B, L*m)
         real = hist_tokens > 0
         cache = KVCache(self.n_layers)
-        self.encoder(self.embed(hist_tokens, length + 1), key_mask=real, cache=cache)
+        hist_text = None if text is None else text[:, : L * self.sid_len]
+        self.encoder(self.embed(hist_tokens, length + 1, hist_text), key_mask=real, cache=cache)
         cache.freeze()
         position = self.recency_embedding.weight[0] + self.slot_embedding.weight  # (m, d)
 
-        def step(partial):  # (N, m), -1 = masked, user-major rows
+        def step(partial, keep_layer=None):  # (N, m), -1 = masked, user-major rows
             tokens = self.tokens_of(torch.where(partial >= 0, partial, -2)[:, None])  # (N, m)
             x = self.token_embedding(tokens) + position
-            return self.slot_log_probs(self.encoder(x, key_mask=real, cache=cache))
+            out = self.encoder(x, key_mask=real, cache=cache, keep_layer=keep_layer)
+            if keep_layer is None:
+                return self.slot_log_probs(out)
+            return self.slot_log_probs(out[0]), out[1]
 
         return step

@@ -4,7 +4,7 @@ Entry point: :func:`build_sid_table` (cached on disk). Add a quantizer in
 :mod:`.quantizers` (``QUANTIZERS``).
 """
 
-from .build import build_sid_table, format_stats
+from .build import build_sid_table, format_stats, item_vectors
 from .quantizers import QUANTIZERS, Quantizer
 from .settings import SIDSettings
 from .sid_table import SIDTable, build_table, codebook_stats, dedup_codes
@@ -12,6 +12,7 @@ from .sid_table import SIDTable, build_table, codebook_stats, dedup_codes
 __all__ = [
     "build_sid_table",
     "format_stats",
+    "item_vectors",
     "QUANTIZERS",
     "Quantizer",
     "SIDSettings",

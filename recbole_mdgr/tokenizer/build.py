@@ -29,13 +29,7 @@ def build_sid_table(config, dataset) -> SIDTable:
         A :class:`SIDTable` with ``dataset.item_num`` rows (row 0 = padding, all -1).
     """
     start = time.perf_counter()
-    settings = fit_codebooks(SIDSettings.from_config(config), dataset.item_num - 1)
-    if not (settings.text_fields or settings.embedding_file or settings.embedding_field):
-        fields = default_text_fields(dataset)
-        if fields:
-            logging.getLogger().info(f"sid_text_fields not set: using the text fields of "
-                                     f"{dataset.dataset_name}.item, {list(fields)}")
-            settings = replace(settings, text_fields=fields)
+    settings = resolved_settings(config, dataset)
     quantizer = make_quantizer(settings)
     source = vector_source(settings, dataset)
     item_tokens = dataset.field2id_token[dataset.iid_field][: dataset.item_num]
@@ -79,6 +73,27 @@ def build_sid_table(config, dataset) -> SIDTable:
         save_table(path, key, table)
     logging.getLogger().info(format_stats(table))
     return table
+
+
+def resolved_settings(config, dataset) -> SIDSettings:
+    """The config's ``sid_*`` settings, codebooks fitted to the catalogue, text fields
+    defaulted to the ``.item`` file's when no vector source is named."""
+    settings = fit_codebooks(SIDSettings.from_config(config), dataset.item_num - 1)
+    if not (settings.text_fields or settings.embedding_file or settings.embedding_field):
+        fields = default_text_fields(dataset)
+        if fields:
+            logging.getLogger().info(f"sid_text_fields not set: using the text fields of "
+                                     f"{dataset.dataset_name}.item, {list(fields)}")
+            settings = replace(settings, text_fields=fields)
+    return settings
+
+
+def item_vectors(config, dataset) -> np.ndarray:
+    """``[item_num, d]`` float32: the vectors the SIDs are built from (the same source and
+    settings as :func:`build_sid_table`), row 0 (padding) zero. Computed, not cached."""
+    vectors = vector_source(resolved_settings(config, dataset), dataset).compute()
+    return np.concatenate([np.zeros((1, vectors.shape[1]), np.float32),
+                           np.asarray(vectors, dtype=np.float32)])
 
 
 def fit_codebooks(settings: SIDSettings, n_items: int) -> SIDSettings:
