@@ -51,11 +51,17 @@ def _build(config):
 
 
 def _too_short(config) -> UserError:
-    return UserError(
+    split = (config["eval_args"] or {}).get("split") or {}
+    if "LS" in split:
+        return UserError(
             f"dataset {config['dataset']} gives no training samples: leave-one-out takes each "
             "user's last interaction for test and the one before for validation, so users "
             "need at least 3 interactions; keep longer sequences (e.g. "
             "user_inter_num_interval: '[3,inf)') or add data")
+    return UserError(
+        f"dataset {config['dataset']} gives no training samples with eval_args split "
+        f"{split}: sequential samples need users with at least 3 interactions; keep longer "
+        "sequences (e.g. user_inter_num_interval: '[3,inf)'), add data or change the split")
 
 
 def _log_flops(model, dataset, config, logger) -> None:

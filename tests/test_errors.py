@@ -136,3 +136,13 @@ def test_items_without_any_text_and_users_too_short_are_refused_by_name(tmp_path
     write_tiny_dataset(tmp_path, name="short", lengths=[1] * 30)
     with pytest.raises(UserError, match="gives no training samples: .* at least 3 interactions"):
         run_recbole_mdgr("SASRec", "short", config_dict=cfg)
+
+
+def test_too_short_names_the_split_it_was_given():
+    from recbole_mdgr.quick_start import _too_short
+
+    loo = _too_short({"dataset": "d", "eval_args": {"split": {"LS": "valid_and_test"}}})
+    assert "leave-one-out" in str(loo)
+    ratio = _too_short({"dataset": "d", "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}}})
+    assert "leave-one-out" not in str(ratio)
+    assert "eval_args split {'RS': [0.8, 0.1, 0.1]}" in str(ratio)
