@@ -234,7 +234,7 @@ class Block(nn.Module):
         """
         h = self.norm_self(x)
         k, v = self.self_attn.project_kv(h)  # (N, H, T, hd)
-        if cache is not None and cache.get("frozen", False):
+        if cache is not None and cache.get("frozen", False) and "self" in cache:
             # a shared prefix: read once per user, never copied per beam
             x = x + self.drop(self.self_attn.with_prefix(h, *cache["self"], k, v, key_mask))
         elif cache is not None:
@@ -245,7 +245,8 @@ class Block(nn.Module):
                     past_k = past_k.repeat_interleave(beams, 0)
                     past_v = past_v.repeat_interleave(beams, 0)
                 k, v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
-            cache["self"] = (k, v)
+            if not cache.get("frozen", False):  # frozen before any self keys: none kept
+                cache["self"] = (k, v)
             x = x + self.drop(self.self_attn(h, k, v, key_mask, causal))
         else:
             x = x + self.drop(self.self_attn(h, k, v, key_mask, causal))
