@@ -75,6 +75,37 @@ def test_mask_count_mean_rises_with_progress_and_full_mask_never_vanishes():
     assert float(probs.sum()) == pytest.approx(1.0) and int(probs.argmax()) == 0
 
 
+def test_uniform_floor_keeps_few_mask_states_trained_at_full_difficulty():
+    without = mask_count_distribution(9, 1.0, 0.25, 0.1)
+    floor = mask_count_distribution(9, 1.0, 0.25, 0.1, uniform_floor=0.3)
+    assert float(without[:3].sum()) < 0.01  # k = 1..3: almost never at delta = 1
+    assert float(floor.sum()) == pytest.approx(1.0)
+    assert (floor[:-1] >= 0.3 / 9 - 1e-12).all()  # every k keeps its share of the floor
+    assert float(floor[-1]) >= 0.1  # and the full-mask floor stays
+
+
+def test_mask_share_difficulty_embeds_each_inputs_own_masked_share(monkeypatch):
+    table = parallel_table(L=6)
+    model = make_model(table, mdgr_difficulty_input="mask_share")
+    seen = []
+    embed = model.difficulty_embedding.forward
+    monkeypatch.setattr(model.difficulty_embedding, "forward",
+                        lambda bins: seen.append(bins.clone()) or embed(bins))
+    partial = torch.tensor([[-1] * 6, [0, -1, -1, -1, -1, -1], [0, 1, 2, 3, 4, -1]])
+    memory = torch.zeros(3, 2, model.hidden_size)
+    model.decode(partial, memory, torch.ones(3, 2, dtype=torch.bool), delta=0.0)
+    # masked shares (k - 1) / (L - 1): 5/5, 4/5, 0/5 -> bins of 10
+    assert seen[-1].tolist() == [10, 8, 0]
+    # at inference every step embeds its own share: 6 masked, then fewer
+    batch = make_batch(table, B=2)
+    seen.clear()
+    model.generate(batch, k=5)
+    assert [int(b[0]) for b in seen] == sorted({int(b[0]) for b in seen}, reverse=True)
+    assert int(seen[0][0]) == 10 and len(seen) == len(model.schedule)
+    with pytest.raises(ValueError, match="mdgr_difficulty_input must be one of"):
+        make_model(table, mdgr_difficulty_input="time")
+
+
 def test_progress_is_counted_in_training_steps_and_saved():
     table = parallel_table()
     model = make_model(table).train()  # 512 samples / batch 64 = 8 steps an epoch, 4 epochs

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recbole_mdgr.errors import UserError
-from recbole_mdgr.model.base import GenerativeRecommender
+from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import finish_beams, masked_beam_search
 from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length
 from recbole_mdgr.tokenizer.settings import SIDSettings
@@ -35,19 +35,24 @@ def decoding_schedule(n_slots: int, warmup: int, parallel: int) -> list[int]:
     return [1] * warm + [min(parallel, rest - i) for i in range(0, rest, parallel)]
 
 
+DIFFICULTY_INPUTS = ("curriculum", "mask_share")
+
+
 def mask_count_distribution(n_slots: int, delta: float, width: float,
-                            full_floor: float) -> torch.Tensor:
+                            full_floor: float, uniform_floor: float = 0.0) -> torch.Tensor:
     """P(k masked slots), k = 1..n_slots, at curriculum difficulty ``delta`` in [0, 1].
 
     A discretised Gaussian over the masked share ``(k - 1) / (n_slots - 1)`` centred on
     ``delta`` (std ``width``): its mass moves from k = 1 to k = n_slots as delta grows. A
     ``full_floor`` share always goes to k = n_slots, the fully masked SID inference starts
-    from, so every difficulty trains that case too.
+    from, so every difficulty trains that case too; a ``uniform_floor`` share is spread
+    evenly over every k, so that few-mask states (the last decoding steps) stay trained
+    once delta is near 1.
     """
     k = torch.arange(n_slots, dtype=torch.float64)
     share = k / max(n_slots - 1, 1)
     p = torch.exp(-0.5 * ((share - delta) / width) ** 2)
-    p = (1 - full_floor) * p / p.sum()
+    p = (1 - full_floor - uniform_floor) * p / p.sum() + uniform_floor / n_slots
     p[-1] += full_floor
     return p
 
@@ -79,6 +84,9 @@ class MDGR(GenerativeRecommender):
     averaged. Switches for ablations: ``mdgr_curriculum: False`` (k uniform on 1..L, delta =
     1), ``mdgr_history_aware: False`` (slots uniform). Inference uses delta = 1, the
     curriculum's end point, where the decoder starts from a fully masked SID.
+    ``mdgr_difficulty_input: mask_share`` embeds instead each input's own masked share, in
+    training and at every decoding step (the noise level of the input, as diffusion models
+    condition on their time step); ``mdgr_uniform_floor`` keeps some mass on every k.
 
     Decoding: ``mdgr_warmup_steps`` steps committing one slot per beam (chosen by
     confidence: the largest top-1 minus top-2 probability), then steps of ``mdgr_parallel``
@@ -102,6 +110,13 @@ class MDGR(GenerativeRecommender):
         for key in ("mdgr_full_mask_floor", "mdgr_history_mix"):
             if not 0.0 <= config[key] <= 1.0:
                 raise UserError(f"{key} must be in [0, 1], got {config[key]}")
+        uniform = config["mdgr_uniform_floor"] or 0.0
+        if not (0.0 <= uniform and uniform + config["mdgr_full_mask_floor"] <= 1.0):
+            raise UserError("mdgr_uniform_floor must be >= 0 and, with mdgr_full_mask_floor, "
+                            f"at most 1; got {uniform} and {config['mdgr_full_mask_floor']}")
+        if (config["mdgr_difficulty_input"] or "curriculum") not in DIFFICULTY_INPUTS:
+            raise UserError(f"mdgr_difficulty_input must be one of {DIFFICULTY_INPUTS}, got "
+                            f"{config['mdgr_difficulty_input']!r}")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -115,6 +130,9 @@ class MDGR(GenerativeRecommender):
         self.curriculum_epochs = config["mdgr_curriculum_epochs"]
         self.curriculum_width = config["mdgr_curriculum_width"]
         self.full_mask_floor = config["mdgr_full_mask_floor"]
+        optional = ConfigView(config)  # None if absent (plain-dict configs, older checkpoints)
+        self.uniform_floor = optional["mdgr_uniform_floor"] or 0.0
+        self.difficulty_input = optional["mdgr_difficulty_input"] or "curriculum"
         self.difficulty_bins = config["mdgr_difficulty_bins"]
         self.history_aware = bool(config["mdgr_history_aware"])
         self.history_smoothing = config["mdgr_history_smoothing"]
@@ -163,8 +181,11 @@ class MDGR(GenerativeRecommender):
     def decode(self, partial, memory, memory_mask, delta, cache=None):
         """Partial SIDs ``[N, m]`` (-1 = masked) over each user's memory (``N = B * W``
         rows, user-major) at difficulty ``delta`` (float or ``[N]``) -> ``[N, m, V]``
-        logits."""
+        logits. With ``mdgr_difficulty_input: mask_share`` the embedded difficulty is each
+        row's own masked share ``(k - 1) / (m - 1)`` instead (``delta`` unused)."""
         tokens = torch.where(partial >= 0, partial + self.token_offset, self.mask_token)
+        if self.difficulty_input == "mask_share":
+            delta = ((partial < 0).sum(1) - 1).clamp(min=0) / max(self.sid_len - 1, 1)
         delta = torch.as_tensor(delta, device=partial.device, dtype=torch.float)
         bins = (delta * self.difficulty_bins).round().long().expand(partial.shape[0])
         x = (self.token_embedding(tokens) + self.slot_embedding.weight
@@ -185,7 +206,7 @@ class MDGR(GenerativeRecommender):
         """``[n]`` numbers of masked slots in 1..m at difficulty ``delta``."""
         if self.curriculum:
             probs = mask_count_distribution(self.sid_len, delta, self.curriculum_width,
-                                            self.full_mask_floor)
+                                            self.full_mask_floor, self.uniform_floor)
         else:
             probs = torch.full((self.sid_len,), 1.0 / self.sid_len, dtype=torch.float64)
         return torch.multinomial(probs, n, replacement=True, generator=generator) + 1
