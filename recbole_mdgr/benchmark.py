@@ -195,6 +195,7 @@ def run_one(name: str, args, overrides: list[str]) -> None:
     from recbole_mdgr.quick_start import run_recbole_mdgr
     from recbole_mdgr.throughput import matmul_peak, model_throughput
 
+    started = {"commit": commit(), "date": time.strftime("%Y-%m-%d")}  # the code that runs
     row = suite_rows(args.suite, name)[name]
     model = row["model"]
     preset = preset_for(model, row.get("preset", args.preset))
@@ -210,7 +211,7 @@ def run_one(name: str, args, overrides: list[str]) -> None:
     result = run_recbole_mdgr(model=model, dataset=args.dataset, config_dict=config_dict)
     out = {"model": name, "base_model": model, "config": row.get("config") or {},
            "dataset": args.dataset, "preset": preset, "command": args.command,
-           "machine": machine(), "commit": commit(), "date": time.strftime("%Y-%m-%d"),
+           "machine": machine(), **started,
            "result": result, "throughput": throughput,
            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     path = run_path(args.out, name)
