@@ -75,8 +75,12 @@ class TimeBudgetMixin:
     def _resume_path(self) -> str:
         return self.saved_model_file + ".resume"
 
+    def _writes_files(self) -> bool:
+        """Only one process of a distributed run writes (and removes) the resume state."""
+        return self.config["single_spec"] or self.config["local_rank"] == 0
+
     def _save_resume_state(self, train_data, epoch_idx: int, minutes: float, curve) -> None:
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if not self._writes_files():
             return
         state = {
             "config": self.config, "epoch": epoch_idx, "cur_step": self.cur_step,
@@ -170,8 +174,8 @@ class TimeBudgetMixin:
         if stopped_by is None:
             stopped_by = ("early_stopping" if self.cur_step > self.stopping_step
                           else "max_epochs")
-        if os.path.isfile(self._resume_path()):  # a finished fit has nothing to resume
-            os.remove(self._resume_path())
+        if self._writes_files() and os.path.isfile(self._resume_path()):
+            os.remove(self._resume_path())  # a finished fit has nothing to resume
         self.training_summary = {
             "time_budget_minutes": budget,
             "epochs": self._epochs_trained,
