@@ -385,25 +385,13 @@ def test_text_reaches_only_items_whose_sid_is_entirely_visible(monkeypatch):
     assert torch.equal(seen[0], ~mask.any(-1))
 
 
-def decoding_step(model, batch):
-    """The model's decoding step for ``batch`` (its attention mode), history text included."""
-    seq, length = batch["item_id_list_sid"], batch["item_length"]
-    B = len(length)
-    items = model.append_last(batch["item_id_list"], length, torch.zeros(B, dtype=torch.long), 0)
-    text = model.item_text_inputs(items, torch.ones_like(items, dtype=torch.bool))
-    if model.attention == "cached":
-        return model.cached_step(seq, length, text)
-    codes = model.sequence_codes(seq, length, torch.full((B, model.sid_len), -2))
-    return model.full_step(codes, length + 1, text)
-
-
 @torch.no_grad()
 def test_dense_retrieval_ranks_all_items_by_inner_product_like_brute_force():
     table = make_table(n_real=40, sizes=(4, 4))
     model = make_dense_model(table, madrec_retrieval="dense")
     batch = make_batch(table, B=5)
     items, scores = model.generate(batch, 10)
-    brute = model.dense_query(decoding_step(model, batch), 5) @ model.item_text[1:].T
+    brute = model.dense_query(model.decoding_step(batch), 5) @ model.item_text[1:].T
     want_scores, want_items = brute.topk(10, dim=1)
     assert torch.equal(items, want_items + 1)
     assert torch.allclose(scores, want_scores, atol=1e-5)
@@ -420,7 +408,7 @@ def test_unified_reorders_the_generated_items_exactly_by_dense_score(attention):
     generated, _ = model.generate(batch, 10)  # generative: the beam_size candidates
     model.retrieval = "unified"
     unified, scores = model.generate(batch, 5)
-    queries = model.dense_query(decoding_step(model, batch), 5)
+    queries = model.dense_query(model.decoding_step(batch), 5)
     for b in range(5):
         cands = [i for i in generated[b].tolist() if i > 0]
         dense = {i: float(queries[b] @ model.item_text[i]) for i in cands}

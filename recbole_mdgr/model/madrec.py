@@ -309,18 +309,8 @@ class MADRec(GenerativeRecommender):
         ``dense`` (inner-product search of the predicted item vector over all items) or
         ``unified`` (the generated ``beam_size`` items re-ranked by their dense score)."""
         history = interaction[self.ITEM_SEQ_SID]
-        length = interaction[self.ITEM_SEQ_LEN]
         B = history.shape[0]
-        text = None
-        if self.dense:  # the history items' text; the item being predicted has none
-            items = self.append_last(interaction[self.ITEM_SEQ], length,
-                                     interaction[self.ITEM_SEQ].new_zeros(B), 0)
-            text = self.item_text_inputs(items, torch.ones_like(items, dtype=torch.bool))
-        if self.attention == "cached":
-            step = self.cached_step(history, length, text)
-        else:
-            codes = self.sequence_codes(history, length, history.new_full((B, self.sid_len), -2))
-            step = self.full_step(codes, length + 1, text)
+        step = self.decoding_step(interaction)
         if self.retrieval == "dense":
             items, scores = self.dense_index().search(self.dense_query(step, B), k)
             self.decode_stats.add(B, nfe=1, generated=B * k, invalid=0)
@@ -341,6 +331,23 @@ class MADRec(GenerativeRecommender):
             items, scores, generated, invalid = finish_beams(self.sid_table, sids, scores, k)
         self.decode_stats.add(B, nfe=nfe, generated=generated, invalid=invalid)
         return items, scores
+
+    def decoding_step(self, interaction):
+        """The decoding step for a batch (:meth:`cached_step` or :meth:`full_step` by
+        ``madrec_attention``), with the history items' text under ``madrec_dense`` (the
+        item being predicted has none)."""
+        history = interaction[self.ITEM_SEQ_SID]
+        length = interaction[self.ITEM_SEQ_LEN]
+        B = history.shape[0]
+        text = None
+        if self.dense:
+            items = self.append_last(interaction[self.ITEM_SEQ], length,
+                                     interaction[self.ITEM_SEQ].new_zeros(B), 0)
+            text = self.item_text_inputs(items, torch.ones_like(items, dtype=torch.bool))
+        if self.attention == "cached":
+            return self.cached_step(history, length, text)
+        codes = self.sequence_codes(history, length, history.new_full((B, self.sid_len), -2))
+        return self.full_step(codes, length + 1, text)
 
     def dense_query(self, step, B):
         """The predicted vector of each user's next item ``[B, d_text]``: one pass with its
