@@ -300,6 +300,10 @@ def main(argv=None) -> None:
         with open(os.path.join(args.out, "variants.jsonl"), "a") as f:
             f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
         print(markdown(rows))
+        if load_runs(args.out):  # the NFE plot draws the variants next to the runs
+            from recbole_mdgr.report import write_reports
+
+            write_reports(args.out)
     elif args.table:
         print(markdown(load_runs(args.out)))
     else:

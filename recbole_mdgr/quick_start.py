@@ -93,6 +93,10 @@ def run_recbole_mdgr(
     if is_generative(model_class):  # before any data is read
         check_topk_metrics(config["metrics"])
         model_class.check_config(config)
+    elif (config["next_k"] or 1) != 1:
+        raise UserError(f"next_k={config['next_k']} (sessions of several next items) is "
+                        f"supported by the SID models (TIGER, MADRec, MDGR), not by "
+                        f"{config['model']}; remove next_k or choose one of those models")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

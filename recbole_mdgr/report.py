@@ -72,6 +72,15 @@ COLUMNS = [
     ("test ms/user", _path("result", "timing", "test_ms_per_user", digits=2)),
     ("peak MB", _path("peak_memory_mb", digits=0)),
 ]
+# next-k runs (``next_k`` > 1): average session recall, after MRR@10, only when some run has it
+SESSION_COLUMNS = [(f"SR@{k}", _metric(f"session_recall@{k}")) for k in (5, 10, 20)]
+
+
+def columns(rows: list[dict]) -> list[tuple]:
+    """:data:`COLUMNS`, with :data:`SESSION_COLUMNS` when some run measured them."""
+    session = [c for c in SESSION_COLUMNS if any(c[1](row) is not None for row in rows)]
+    at = [name for name, _ in COLUMNS].index("MRR@10") + 1
+    return COLUMNS[:at] + session + COLUMNS[at:]
 
 
 def load_runs(folder: str, order: list[str] | None = None) -> list[dict]:
@@ -89,11 +98,11 @@ def load_runs(folder: str, order: list[str] | None = None) -> list[dict]:
 
 
 def table_rows(rows: list[dict]) -> list[list]:
-    return [[get(row) for _, get in COLUMNS] for row in rows]
+    return [[get(row) for _, get in columns(rows)] for row in rows]
 
 
 def markdown(rows: list[dict]) -> str:
-    head = [name for name, _ in COLUMNS]
+    head = [name for name, _ in columns(rows)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for values in table_rows(rows):
         cells = ["-" if v is None else (f"{v:,.0f}" if isinstance(v, (int, float))
@@ -116,12 +125,28 @@ def write_reports(folder: str, order: list[str] | None = None) -> list[str]:
         json.dump(rows, f, indent=1)
     with open(paths[1], "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow([name for name, _ in COLUMNS])
+        writer.writerow([name for name, _ in columns(rows)])
         writer.writerows(["" if v is None else v for v in values] for values in table_rows(rows))
     with open(paths[2], "w") as f:
         f.write(markdown(rows) + "\n\nMetrics in % (test split, best-validation checkpoint). "
                 "Runs:\n" + provenance(rows) + "\n")
     return paths + plot_all(folder, rows)
+
+
+def load_variants(folder: str) -> dict[str, list[dict]]:
+    """``folder/variants.jsonl`` (``benchmark --checkpoint --variants``), grouped by the
+    checkpoint's model file name."""
+    path = os.path.join(folder, "variants.jsonl")
+    if not os.path.isfile(path):
+        return {}
+    groups: dict[str, list[dict]] = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                name = os.path.basename(row["checkpoint"]).split("-")[0]
+                groups.setdefault(name, []).append(row)
+    return groups
 
 
 def plot_all(folder: str, rows: list[dict]) -> list[str]:
@@ -157,17 +182,20 @@ def plot_all(folder: str, rows: list[dict]) -> list[str]:
             if curve:
                 ax.plot([p["minutes"] for p in curve], [100 * p["valid_score"] for p in curve],
                         "o-", ms=3, label=model)
-        ax.set(xlabel="wall-clock minutes of fit", ylabel="validation NDCG@10 (%)",
-               title="Validation NDCG@10 while training")
+        ax.set(xlabel="wall-clock minutes of fit", ylabel="validation score (%)",
+               title="Validation score (valid_metric) while training")
         ax.legend()
         save(fig, "valid_curves")
 
     decoders = [r for r in rows if r["result"].get("test_decode")]
+    metric = "session_recall@10" if any(_metric("session_recall@10")(r) is not None
+                                        for r in rows) else "recall@10"
+    variants = load_variants(folder)
     for key, x_of, label in (
             ("recall_vs_nfe", _nfe, "NFE per user"),
             ("recall_vs_speed", _path("throughput", "inference_users_per_s"),
              "inference users/s")):
-        points = [(r["model"], x_of(r), _metric("recall@10")(r)) for r in decoders]
+        points = [(r["model"], x_of(r), _metric(metric)(r)) for r in decoders]
         points = [p for p in points if p[1] is not None and p[2] is not None]
         if not points:
             continue
@@ -175,6 +203,13 @@ def plot_all(folder: str, rows: list[dict]) -> list[str]:
         for model, x, y in points:
             ax.plot([x], [y], "o")
             ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 4))
-        ax.set(xlabel=label, ylabel="test Recall@10 (%)", title=f"Recall@10 vs {label}")
+        if key == "recall_vs_nfe":  # decoding variants of one checkpoint: a line per checkpoint
+            for name, line in variants.items():
+                line = sorted((_nfe(r), _metric(metric)(r)) for r in line
+                              if _metric(metric)(r) is not None)
+                if line:
+                    ax.plot(*zip(*line), "s--", ms=4, label=f"{name} (decoding variants)")
+                    ax.legend()
+        ax.set(xlabel=label, ylabel=f"test {metric} (%)", title=f"{metric} vs {label}")
         save(fig, key)
     return written

@@ -28,8 +28,9 @@ from recbole.utils import set_color
 from recbole_mdgr.budget import TimeBudgetMixin
 from recbole_mdgr.compat import CheckpointCompatMixin
 from recbole_mdgr.data.dataset import SID_SUFFIX
-from recbole_mdgr.distributed import CPUDistributedMixin
+from recbole_mdgr.distributed import CPUDistributedMixin, sum_over_processes
 from recbole_mdgr.errors import UserError
+from recbole_mdgr.next_k import NEXT_ITEMS, session_hits, session_result
 
 # what a top-K list can feed; other needs (full score matrix, labels, item lists) are refused
 TOPK_NEEDS = {"rec.topk", "data.num_items", "data.num_users"}
@@ -83,6 +84,10 @@ class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, CPUDistributedMi
     Training, early stopping, checkpoints and result dicts are RecBole's. Each evaluation
     also logs NFE per user, decode ms per user and the share of generated SIDs that match
     no item; the last figures are kept in ``self.decode_summary``.
+
+    With ``next_k`` = k > 1 an evaluation generates ``max(topk)`` sessions of ``k`` items
+    per user and reports ``session_recall@N`` (:mod:`recbole_mdgr.next_k`), which is then
+    the early-stopping metric unless ``valid_metric`` already names a session metric.
     """
 
     def __init__(self, config, model):
@@ -90,12 +95,18 @@ class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, CPUDistributedMi
         check_topk_metrics(config["metrics"])
         self.max_k = max(config["topk"])
         self.decode_summary: dict = {}
+        self.next_k = int(config["next_k"] or 1)
+        if self.next_k > 1 and not self.valid_metric.startswith(("session_recall@", "item")):
+            chosen = f"session_recall@{self.max_k}"
+            self.logger.info(set_color("valid_metric", "pink") + f": {chosen} (next_k="
+                             f"{self.next_k}; was {self.valid_metric})")
+            self.valid_metric = chosen
 
     def _without_targets(self, interaction: Interaction) -> Interaction:
         """The batch ``generate`` sees: every field but the answer (target item and its SID),
         so no model can read it, even by reusing a teacher-forced forward."""
         target = self.model.POS_ITEM_ID
-        hidden = {target, target + SID_SUFFIX}
+        hidden = {target, target + SID_SUFFIX, NEXT_ITEMS}
         return Interaction({k: v for k, v in interaction.interaction.items() if k not in hidden})
 
     @torch.no_grad()
@@ -115,6 +126,24 @@ class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, CPUDistributedMi
                  desc=set_color("Evaluate   ", "pink"))
             if show_progress else eval_data
         )
+        if self.next_k > 1:
+            result = self._evaluate_sessions(iter_data)
+        else:
+            result = self._evaluate_items(iter_data)
+        if not self.config["single_spec"]:
+            stats.sum_over_processes()
+        self.decode_summary = {**stats.summary(), "beam_size": self.config["beam_size"]}
+        self.logger.info(
+            set_color("decode", "blue") + ": "
+            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in self.decode_summary.items())
+        )
+        self.wandblogger.log_eval_metrics(result, head="eval")
+        return result
+
+    def _evaluate_items(self, iter_data):
+        """Next item: top-K lists into RecBole's collector and metrics."""
+        stats = self.model.decode_stats
         num_sample = 0
         for interaction, _, positive_u, positive_i in iter_data:
             num_sample += len(interaction)
@@ -132,12 +161,27 @@ class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, CPUDistributedMi
         result = self.evaluator.evaluate(struct)
         if not self.config["single_spec"]:
             result = self._map_reduce(result, num_sample)
-            stats.sum_over_processes()
-        self.decode_summary = {**stats.summary(), "beam_size": self.config["beam_size"]}
-        self.logger.info(
-            set_color("decode", "blue") + ": "
-            + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in self.decode_summary.items())
-        )
-        self.wandblogger.log_eval_metrics(result, head="eval")
         return result
+
+    def _evaluate_sessions(self, iter_data):
+        """Next ``k`` items: sessions from ``generate_sessions``, session recall."""
+        stats = self.model.decode_stats
+        topk = sorted(self.config["topk"])
+        hits, users = torch.zeros(len(topk), self.next_k, dtype=torch.long), 0
+        for interaction, *_ in iter_data:
+            targets = interaction[NEXT_ITEMS]
+            users += len(interaction)
+            interaction = self._without_targets(interaction).to(self.device)
+            start = perf_counter()
+            sessions, _ = self.model.generate_sessions(interaction, self.next_k, self.max_k)
+            stats.seconds += perf_counter() - start
+            if sessions.shape != (len(interaction), self.max_k, self.next_k):
+                raise RuntimeError(
+                    f"{self.config['model']}.generate_sessions returned sessions of shape "
+                    f"{tuple(sessions.shape)}, expected "
+                    f"{(len(interaction), self.max_k, self.next_k)}")
+            hits += session_hits(sessions, targets, topk)
+        if not self.config["single_spec"]:
+            *flat, users = sum_over_processes([*hits.flatten().tolist(), users])
+            hits = torch.tensor(flat).view(hits.shape)
+        return session_result(hits, int(users), topk, self.config["metric_decimal_place"])

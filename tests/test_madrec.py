@@ -374,7 +374,7 @@ def test_text_reaches_only_items_whose_sid_is_entirely_visible(monkeypatch):
     batch = make_batch(table, B=4)
     length = batch["item_length"]
     codes = model.sequence_codes(batch["item_id_list_sid"], length, batch["item_id_sid"])
-    items = model.append_last(batch["item_id_list"], length, batch["item_id"], 0)
+    items = model.append_items(batch["item_id_list"], length, batch["item_id"][:, None], 0)
     mask = torch.zeros(codes.shape, dtype=torch.bool)
     mask[0, 0, 1] = True  # user 0: its first item partly masked
     mask[torch.arange(4), length] = True  # every target fully masked
@@ -424,7 +424,7 @@ def test_dense_model_learns_and_unknown_retrieval_modes_are_refused():
     batch = make_batch(table, B=8)
     length = batch["item_length"]
     codes = model.sequence_codes(batch["item_id_list_sid"], length, batch["item_id_sid"])
-    items = model.append_last(batch["item_id_list"], length, batch["item_id"], 0)
+    items = model.append_items(batch["item_id_list"], length, batch["item_id"][:, None], 0)
     mask = torch.zeros(codes.shape, dtype=torch.bool)
     mask[torch.arange(8), length] = True  # the targets, fully masked: the dense loss's items
     t = torch.ones(8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from recbole.data.dataset import SequentialDataset
-from recbole.data.interaction import Interaction
+from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import set_color
 
 from recbole_mdgr.distributed import rank0_first
@@ -46,6 +46,11 @@ class SIDSequentialDataset(SequentialDataset):
       made, that share of each user's training items (all but the latest two, the validation
       and test targets) is dropped at random (``train_drop_seed``), keeping at least 3. The
       validation and test targets are unchanged; their histories are the reduced sequences.
+    - ``next_k`` = k > 1 (the MADRec paper's leave-two-out, for any k): a user's last ``k``
+      items are the test targets and the ``k`` before them the validation targets; training
+      samples are those whose target comes before both. An evaluation sample's history is
+      everything before its first target, and it carries its ``k`` targets in time order as
+      ``next_items`` ``[B, k]`` (its ``item_id`` is the first). See :mod:`recbole_mdgr.next_k`.
     - Every batch ``dataset[index]`` carries ``<field>_sid`` for the item fields it has:
       ``item_id_list_sid`` ``[B, L, m]`` and ``item_id_sid`` ``[B, m]`` (padding = -1).
       This is the one place where batches get their SIDs.
@@ -53,6 +58,9 @@ class SIDSequentialDataset(SequentialDataset):
 
     def __init__(self, config):
         self.train_sample_mode = check_sample_mode(config["train_sample_mode"])
+        self.next_k = int(config["next_k"] or 1)
+        if self.next_k < 1:
+            raise UserError(f"next_k must be a positive integer, got {config['next_k']!r}")
         self.sid_table = None
         super().__init__(config)
 
@@ -68,6 +76,8 @@ class SIDSequentialDataset(SequentialDataset):
                     f"SID table has {self.sid_table.n_items} rows but the dataset has "
                     f"{self.item_num} item ids"
                 )
+        if self.next_k > 1:
+            datasets = self._leave_k_out(datasets, self.next_k)
         train = datasets[0]
         before = len(train)
         if self.train_sample_mode != "prefix":
@@ -85,6 +95,27 @@ class SIDSequentialDataset(SequentialDataset):
         for d in datasets:
             d.sid_table = self.sid_table
         return datasets
+
+    def _leave_k_out(self, splits, k: int):
+        """RecBole's leave-one-out splits -> leave-``k``-out ones (class doc)."""
+        from recbole_mdgr.next_k import NEXT_ITEMS
+
+        whole = splits[0].copy(cat_interactions([s.inter_feat for s in splits]))
+        feat = whole.inter_feat
+        order, rank = self._latest_order(whole)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(len(order))
+        in_time_order = feat[self.iid_field][order]
+        out = [whole.copy(feat[(rank >= 2 * k).nonzero().flatten()])]
+        for first in (2 * k - 1, k - 1):  # validation, test: the rank of the first target
+            rows = (rank == first).nonzero().flatten()
+            split = feat[rows]
+            split.update(Interaction(
+                {NEXT_ITEMS: in_time_order[position[rows][:, None] + torch.arange(k)]}))
+            out.append(whole.copy(split))
+        self.logger.info(set_color("next_k", "pink") + f" {k}: leave-{k}-out split, "
+                         f"{len(out[1])} validation and {len(out[2])} test users")
+        return out
 
     def item_vectors(self):
         """``[item_num, d]`` float32: the vectors this dataset's SIDs are built from (the
@@ -106,7 +137,7 @@ class SIDSequentialDataset(SequentialDataset):
         feat = self.inter_feat
         uid = feat[self.uid_field]
         rank = self._rank_from_latest(self)
-        train = rank >= 2  # rank 0: the test target, 1: the validation target
+        train = rank >= 2 * self.next_k  # the others are validation and test targets
         n_train = torch.bincount(uid[train], minlength=int(uid.max()) + 1)
         n_drop = torch.minimum(torch.round(ratio * n_train.double()).long(),
                                (n_train - 3).clamp(min=0))
@@ -131,6 +162,10 @@ class SIDSequentialDataset(SequentialDataset):
         Ordered by the target's time when the split has a time field, ties (and no time
         field) by row order.
         """
+        return self._latest_order(split)[1]
+
+    def _latest_order(self, split) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows sorted by user, then target time; :meth:`_rank_from_latest` of each row)."""
         feat = split.inter_feat
         uid = feat[self.uid_field]
         order = torch.arange(len(uid))
@@ -140,7 +175,7 @@ class SIDSequentialDataset(SequentialDataset):
         ends = torch.cumsum(torch.bincount(uid[order]), 0)  # one past each user's last row
         rank = torch.empty_like(order)
         rank[order] = ends[uid[order]] - 1 - torch.arange(len(uid))
-        return rank
+        return order, rank
 
     def __getitem__(self, index, join=True):
         data = super().__getitem__(index, join)

@@ -42,6 +42,9 @@ def check_stack_config(config) -> None:
             raise UserError(f"{key} must be a rate in [0, 1), got {value!r}")
     topk = config["topk"]
     topk = max(topk) if isinstance(topk, (list, tuple)) else topk
+    next_k = config["next_k"]
+    if next_k is not None and (not isinstance(next_k, int) or next_k < 1):
+        raise UserError(f"next_k must be a positive integer (1 = next item), got {next_k!r}")
     beam = config["beam_size"]
     if beam is not None and topk is not None and beam < topk:
         raise UserError(f"beam_size={beam} is smaller than the largest topk ({topk}): its "
@@ -214,6 +217,32 @@ class GenerativeRecommender(SequentialRecommender):
             best first; pads score ``-inf``.
         """
         raise NotImplementedError
+
+    def generate_sessions(self, interaction, k: int, width: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``width`` best sessions of the next ``k`` items (``next_k``; see
+        :mod:`recbole_mdgr.next_k`): ``[B, width, k]`` item ids and ``[B, width]`` scores,
+        best first, pads item 0 / ``-inf``. Here: one item after another
+        (:func:`~recbole_mdgr.next_k.sessions_item_by_item`); a model that decodes several
+        items at once overrides it."""
+        from recbole_mdgr.next_k import sessions_item_by_item
+
+        return sessions_item_by_item(self, interaction, k, width)
+
+    def extend_history(self, interaction, items: torch.Tensor):
+        """The batch with ``items`` ``[B]`` appended to each history (the oldest item drops
+        out of a full one): ``ITEM_SEQ``, ``ITEM_SEQ_LEN`` and ``ITEM_SEQ_SID`` updated,
+        every other field kept."""
+        from recbole.data.interaction import Interaction
+
+        seq, length = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        L = seq.shape[1]
+        seq = torch.where((length >= L)[:, None], seq.roll(-1, 1), seq)
+        seq[torch.arange(len(seq), device=seq.device), length.clamp(max=L - 1)] = items
+        fields = dict(interaction.interaction)
+        fields.update({self.ITEM_SEQ: seq, self.ITEM_SEQ_LEN: (length + 1).clamp(max=L),
+                       self.ITEM_SEQ_SID: self.sid_table.lookup(seq)})
+        return Interaction(fields)
 
     def predict(self, interaction):
         raise NotImplementedError(

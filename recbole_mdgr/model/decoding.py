@@ -7,8 +7,8 @@ Two reusable pieces:
   the caller enumerates: the next token of a left-to-right decoder (TIGER), or a flattened
   set of joint fillings of several positions (MADRec / MDGR, any order).
 * :func:`finish_beams` -- finished SIDs ``[B, W, m]`` -> top-``k`` items: SIDs that match no
-  item are dropped and counted, duplicate items keep their best beam, lists are padded with
-  item 0 and score ``-inf``.
+  item are dropped and counted, duplicate items keep their best beam (:func:`best_unique`,
+  which next-k sessions share), lists are padded with item 0 and score ``-inf``.
 
 Scores are summed log-probabilities in float32 (float64 if given), never float16. A beam
 whose score is ``-inf`` is dead: it never becomes a result and is not counted as generated.
@@ -22,7 +22,8 @@ exact scoring gives) rather than a renormalised one.
 
 :func:`masked_beam_search` drives a masked (any-order) model: each step is one call for all
 beams of all users, each beam commits the slots its ``order`` picks, a ``schedule`` says how
-many per step (NFE = its length), and the constraint covers any set of fixed slots.
+many per step (NFE = its length), and the constraint covers any set of fixed slots. It
+decodes one item's ``m`` slots or the ``k * m`` slots of the next ``k`` items jointly.
 """
 
 from __future__ import annotations
@@ -83,6 +84,36 @@ def top_k_items(
     return picked, top
 
 
+def best_unique(keys: torch.Tensor, scores: torch.Tensor, k: int
+                ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """Each user's best ``k`` beams with distinct keys.
+
+    Args:
+        keys: ``[B, W]`` what a beam produced (an item id, a session id); ``<= 0`` = invalid.
+        scores: ``[B, W]`` (``-inf`` = dead beam).
+
+    Returns:
+        (index ``[B, k]`` into ``W``, scores ``[B, k]``, generated, invalid): best first, the
+        tail padded with index 0 / ``-inf``; ``generated`` counts live beams, ``invalid``
+        those with an invalid key. A key reached by several beams (possible in any-order
+        decoding) keeps only its best score.
+    """
+    alive = scores > NEG_INF
+    keep = alive & (keys > 0)
+    generated, invalid = int(alive.sum()), int((alive & ~keep).sum())
+    # duplicates: a key already held by a better beam of the same user. Sorting by score,
+    # then stably by key, puts each key's beams together best first: O(B W log W) time and
+    # O(B W) memory.
+    scores, order = scores.masked_fill(~keep, NEG_INF).sort(dim=1, descending=True)
+    by_key, where = keys.gather(1, order).sort(dim=1, stable=True)
+    repeat = torch.zeros_like(by_key, dtype=torch.bool)
+    repeat[:, 1:] = by_key[:, 1:] == by_key[:, :-1]
+    dup = torch.zeros_like(repeat).scatter_(1, where, repeat)  # back to score order
+    scores = scores.masked_fill(dup, NEG_INF)
+    index, top = top_k_items(order, scores, k)
+    return index, top, generated, invalid
+
+
 def finish_beams(
     sid_table: SIDTable, sids: torch.Tensor, scores: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -94,26 +125,13 @@ def finish_beams(
     Returns:
         (items ``[B, k]`` long, scores ``[B, k]``, generated, invalid): best first, padded
         with item 0 / ``-inf``; ``generated`` counts live beams, ``invalid`` those whose SID
-        matches no item. An item reached by several beams (possible in any-order decoding)
-        keeps only its best score.
+        matches no item. An item reached by several beams keeps only its best score
+        (:func:`best_unique`).
     """
     B, W, m = sids.shape
     items = sid_table.items_of(sids.reshape(B * W, m)).view(B, W)
-    alive = scores > NEG_INF
-    keep = alive & (items > 0)
-    generated, invalid = int(alive.sum()), int((alive & ~keep).sum())
-    # duplicates: an item already held by a better beam of the same user. Sorting by score,
-    # then stably by item, puts each item's beams together best first: O(B W log W) time and
-    # O(B W) memory.
-    scores, order = scores.masked_fill(~keep, NEG_INF).sort(dim=1, descending=True)
-    items = items.gather(1, order)
-    by_item, where = items.sort(dim=1, stable=True)
-    repeat = torch.zeros_like(by_item, dtype=torch.bool)
-    repeat[:, 1:] = by_item[:, 1:] == by_item[:, :-1]
-    dup = torch.zeros_like(repeat).scatter_(1, where, repeat)  # back to score order
-    scores = scores.masked_fill(dup, NEG_INF)
-    out_items, out_scores = top_k_items(items, scores, k)
-    return out_items, out_scores, generated, invalid
+    index, top, generated, invalid = best_unique(items, scores, k)
+    return items.gather(1, index).masked_fill(top == NEG_INF, 0), top, generated, invalid
 
 
 def allowed_next(sid_table: SIDTable, prefix: torch.Tensor) -> torch.Tensor:
@@ -211,14 +229,17 @@ def choose_slots(log_probs: torch.Tensor, masked: torch.Tensor, k: int, order: s
 
 def _allowed_at_slots(sid_table: SIDTable, partial: torch.Tensor, slots: torch.Tensor,
                       width: int) -> torch.Tensor:
-    """``[N, m]`` partial SIDs (-1 = masked) -> ``[N, width]`` bool: tokens allowed at each
-    row's own slot ``slots[n]``, given its fixed slots."""
-    out = torch.zeros(len(partial), width, dtype=torch.bool, device=partial.device)
-    fixed = partial >= 0
-    for j in torch.unique(slots).tolist():
-        rows = (slots == j).nonzero(as_tuple=True)[0]
-        out[rows, : sid_table.vocab_sizes[j]] = sid_table.allowed_at(partial[rows],
-                                                                     fixed[rows], j)
+    """``[N, n * m]`` partial SIDs of ``n`` items (-1 = masked) -> ``[N, width]`` bool:
+    tokens allowed at each row's own slot ``slots[n]``, given the fixed slots of the item
+    that slot belongs to (each item is constrained to some item's SID on its own)."""
+    N, m = len(partial), sid_table.m
+    item, position = slots // m, slots % m
+    own = partial.view(N, -1, m)[torch.arange(N, device=partial.device), item]  # (N, m)
+    out = torch.zeros(N, width, dtype=torch.bool, device=partial.device)
+    fixed = own >= 0
+    for j in torch.unique(position).tolist():
+        rows = (position == j).nonzero(as_tuple=True)[0]
+        out[rows, : sid_table.vocab_sizes[j]] = sid_table.allowed_at(own[rows], fixed[rows], j)
     return out
 
 
@@ -231,21 +252,24 @@ def masked_beam_search(
     order: str = "greedy",
     constrained: bool = True,
     generator: torch.Generator | None = None,
+    n_items: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Any-order beam search over one item's ``m`` SID slots: ``len(schedule)`` calls of
-    ``step`` (the NFE), each for all beams of all users at once.
+    """Any-order beam search over the ``S = n_items * m`` SID slots of the next
+    ``n_items`` items: ``len(schedule)`` calls of ``step`` (the NFE), each for all beams of
+    all users at once.
 
     Args:
-        step: ``step(partial) -> log_probs``: ``partial`` ``[N, m]`` codes with ``-1`` at
-            masked slots, ``N = B * W_s`` rows user-major (row = b * W_s + w; ``W_s = 1`` at
-            the first call); returns ``[N, m, V]`` log-probabilities of every slot (each
-            over its own vocabulary, ``-inf`` beyond it; only masked slots are read).
-        schedule: slots committed per call, summing to ``m`` (``[1] * m``, ``[2, 2]``,
-            ``[4]``, ...).
+        step: ``step(partial) -> log_probs``: ``partial`` ``[N, S]`` codes with ``-1`` at
+            masked slots (item ``i``'s slots at ``i * m ... i * m + m - 1``), ``N = B * W_s``
+            rows user-major (row = b * W_s + w; ``W_s = 1`` at the first call); returns
+            ``[N, S, V]`` log-probabilities of every slot (each over its own vocabulary,
+            ``-inf`` beyond it; only masked slots are read).
+        schedule: slots committed per call, summing to ``S`` (``[1] * m``, ``[2, 2]``,
+            ``[4]``, ...). With several items a call may commit slots of any of them.
         order: which masked slots a beam commits (:func:`choose_slots`); each beam
             chooses its own, from its own log-probs.
         constrained: only tokens that keep some item's SID reachable, given the slots
-            already fixed (any subset), are allowed.
+            of the same item already fixed (any subset), are allowed.
 
     Slots committed in one call use the paper's conditional-independence approximation
     (§3.2): the joint log-probability of their tokens is the sum of their log-probs from
@@ -255,10 +279,10 @@ def masked_beam_search(
     exactly the joint top-``width``.
 
     Returns:
-        (sids ``[B, W', m]``, scores ``[B, W']``) best first, W' <= width; dead beams
+        (sids ``[B, W', S]``, scores ``[B, W']``) best first, W' <= width; dead beams
         (score ``-inf``) only where a user has fewer than W' valid SIDs.
     """
-    B, m, device = batch_size, sid_table.m, sid_table.device
+    B, m, device = batch_size, n_items * sid_table.m, sid_table.device
     if sum(schedule) != m or min(schedule) < 1:
         raise ValueError(f"a decoding schedule must commit the {m} SID slots, got {schedule}")
     partial = torch.full((B, 1, m), -1, dtype=torch.long, device=device)

@@ -79,6 +79,10 @@ class MADRec(GenerativeRecommender):
         if not 0.0 <= config["madrec_last_item_mask_prob"] <= 1.0:
             raise UserError("madrec_last_item_mask_prob must be in [0, 1], got "
                             f"{config['madrec_last_item_mask_prob']}")
+        next_k = config["next_k"] or 1
+        nfe = config["madrec_next_k_nfe"]
+        if nfe is not None and not (isinstance(nfe, int) and nfe >= 1):
+            raise UserError(f"madrec_next_k_nfe must be a positive integer, got {nfe!r}")
         if (config["madrec_attention"] or "full") not in ATTENTION_MODES:
             raise UserError(f"madrec_attention must be one of {ATTENTION_MODES}, "
                             f"got {config['madrec_attention']!r}")
@@ -86,6 +90,9 @@ class MADRec(GenerativeRecommender):
         if retrieval not in RETRIEVAL_MODES:
             raise UserError(f"madrec_retrieval must be one of {RETRIEVAL_MODES}, "
                             f"got {retrieval!r}")
+        if retrieval != "generative" and next_k > 1:
+            raise UserError(f"madrec_retrieval: {retrieval} predicts one item; with next_k = "
+                            f"{next_k} use madrec_retrieval: generative")
         if retrieval != "generative" and not config["madrec_dense"]:
             raise UserError(f"madrec_retrieval: {retrieval} needs a model trained with "
                             "madrec_dense: True")
@@ -114,9 +121,14 @@ class MADRec(GenerativeRecommender):
         self.order = config["madrec_order"]
         nfe = config["madrec_nfe"] or self.sid_len
         self.schedule = nfe_schedule(self.sid_len, nfe)
+        view = ConfigView(config)
+        self.next_k_nfe = view["madrec_next_k_nfe"]
+        slots = (view["next_k"] or 1) * self.sid_len  # m is known once the table is built
+        if self.next_k_nfe and self.next_k_nfe > slots:
+            raise UserError(f"madrec_next_k_nfe={self.next_k_nfe} exceeds the next_k x m = "
+                            f"{slots} slots to decode; use 1..{slots}")
         self.order_seed = config["seed"]
         self.attention = config["madrec_attention"] or "full"
-        view = ConfigView(config)
         self.dense = bool(view["madrec_dense"])
         self.retrieval = view["madrec_retrieval"] or "generative"
 
@@ -145,18 +157,19 @@ class MADRec(GenerativeRecommender):
 
     # ------------------------------------------------------------------ sequences
     @staticmethod
-    def append_last(seq, seq_len, last, pad):
-        """History ``[B, L_max, ...]`` plus a last entry ``[B, ...]`` written right after each
-        history -> ``[B, L + 1, ...]``, L = the batch's longest history, ``pad`` after."""
-        B, L = seq.shape[0], int(seq_len.max())
-        out = torch.cat([seq[:, :L], seq.new_full((B, 1, *seq.shape[2:]), pad)], 1)
-        out[torch.arange(B, device=out.device), seq_len] = last
+    def append_items(seq, seq_len, block, pad):
+        """History ``[B, L_max, ...]`` plus ``n`` entries ``[B, n, ...]`` written right after
+        each history -> ``[B, L + n, ...]``, L = the batch's longest history, ``pad`` after."""
+        B, L, n = seq.shape[0], int(seq_len.max()), block.shape[1]
+        out = torch.cat([seq[:, :L], seq.new_full((B, n, *seq.shape[2:]), pad)], 1)
+        at = seq_len[:, None] + torch.arange(n, device=out.device)
+        out[torch.arange(B, device=out.device)[:, None], at] = block
         return out
 
     def sequence_codes(self, item_seq_sid, item_seq_len, last_sid):
         """History ``[B, L_max, m]`` (-1 = pad) plus a last item's SID ``[B, m]`` ->
         codes ``[B, L + 1, m]``."""
-        return self.append_last(item_seq_sid, item_seq_len, last_sid, -1)
+        return self.append_items(item_seq_sid, item_seq_len, last_sid[:, None], -1)
 
     def item_text_inputs(self, items, visible):
         """``A_j h_text`` of the items ``[N, I]`` (0 = pad) -> ``[N, I * m, d]``, zero for an
@@ -178,7 +191,9 @@ class MADRec(GenerativeRecommender):
         ``[N, I * m, d]``, :meth:`item_text_inputs`, with ``madrec_dense``)."""
         I, m = tokens.shape[1] // self.sid_len, self.sid_len
         steps = torch.arange(I, device=tokens.device)
-        recency = (n_items[:, None] - 1 - steps).clamp(min=0)  # (N, I)
+        # a full history plus k > 1 next items reaches past the table: its oldest items
+        # share the last recency
+        recency = (n_items[:, None] - 1 - steps).clamp(0, self.max_seq_length)  # (N, I)
         x = (self.token_embedding(tokens)
              + self.recency_embedding(recency).repeat_interleave(m, 1)
              + self.slot_embedding.weight.repeat(I, 1))
@@ -212,9 +227,11 @@ class MADRec(GenerativeRecommender):
         return out if keep_layer is None else (out, kept)
 
     def slot_log_probs(self, hidden):
-        """Hidden ``[N, m, d]`` of one item's slots -> ``[N, m, V_max]`` float32 log-probs,
-        each slot over its own vocabulary (``-inf`` beyond it)."""
-        return self.slot_logits(hidden).float().log_softmax(-1)
+        """Hidden ``[N, n * m, d]`` of ``n`` items' slots -> ``[N, n * m, V_max]`` float32
+        log-probs, each slot over its own vocabulary (``-inf`` beyond it)."""
+        N, S, d = hidden.shape
+        logits = self.slot_logits(hidden.reshape(-1, self.sid_len, d))
+        return logits.float().log_softmax(-1).view(N, S, -1)
 
     # ------------------------------------------------------------------ training
     def sample_mask(self, real, n_items, generator=None):
@@ -298,8 +315,8 @@ class MADRec(GenerativeRecommender):
         mask, t = self.sample_mask(codes.flatten(1) >= 0, n_items)
         items = None
         if self.dense:
-            items = self.append_last(interaction[self.ITEM_SEQ], length,
-                                     interaction[self.POS_ITEM_ID], 0)
+            items = self.append_items(interaction[self.ITEM_SEQ], length,
+                                      interaction[self.POS_ITEM_ID][:, None], 0)
         return self.masked_loss(codes, mask, t, n_items, items)
 
     # ------------------------------------------------------------------ inference
@@ -315,12 +332,9 @@ class MADRec(GenerativeRecommender):
             items, scores = self.dense_index().search(self.dense_query(step, B), k)
             self.decode_stats.add(B, nfe=1, generated=B * k, invalid=0)
             return items, scores
-        generator = None
-        if self.order == "random":
-            generator = torch.Generator(device=history.device).manual_seed(self.order_seed)
         sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,
                                           self.schedule, self.order, self.sid_constrained,
-                                          generator)
+                                          self.order_generator())
         nfe = len(self.schedule)
         if self.retrieval == "unified":
             items, _, generated, invalid = finish_beams(self.sid_table, sids, scores,
@@ -332,22 +346,47 @@ class MADRec(GenerativeRecommender):
         self.decode_stats.add(B, nfe=nfe, generated=generated, invalid=invalid)
         return items, scores
 
-    def decoding_step(self, interaction):
-        """The decoding step for a batch (:meth:`cached_step` or :meth:`full_step` by
-        ``madrec_attention``), with the history items' text under ``madrec_dense`` (the
-        item being predicted has none)."""
+    @torch.no_grad()
+    def generate_sessions(self, interaction, k, width):
+        """The ``width`` best sessions of the next ``k`` items, their ``k * m`` slots decoded
+        jointly by :func:`masked_beam_search` in ``madrec_next_k_nfe`` steps (default ``k``
+        x ``madrec_nfe``), every item constrained to a real item's SID."""
+        from recbole_mdgr.next_k import finish_sessions
+
+        B = interaction[self.ITEM_SEQ_SID].shape[0]
+        schedule = nfe_schedule(k * self.sid_len,
+                                self.next_k_nfe or k * len(self.schedule))
+        sids, scores = masked_beam_search(self.decoding_step(interaction, k), self.sid_table,
+                                          B, width, schedule, self.order,
+                                          self.sid_constrained, self.order_generator(), k)
+        sessions, scores, generated, invalid = finish_sessions(self.sid_table, sids, scores,
+                                                               width)
+        self.decode_stats.add(B, nfe=len(schedule), generated=generated, invalid=invalid)
+        return sessions, scores
+
+    def order_generator(self):
+        """The seeded generator of ``madrec_order: random`` (None for the other orders)."""
+        if self.order != "random":
+            return None
+        return torch.Generator(device=self.token_offset.device).manual_seed(self.order_seed)
+
+    def decoding_step(self, interaction, n_next=1):
+        """The decoding step for a batch and its next ``n_next`` items (:meth:`cached_step`
+        or :meth:`full_step` by ``madrec_attention``), with the history items' text under
+        ``madrec_dense`` (the items being predicted have none)."""
         history = interaction[self.ITEM_SEQ_SID]
         length = interaction[self.ITEM_SEQ_LEN]
         B = history.shape[0]
         text = None
         if self.dense:
-            items = self.append_last(interaction[self.ITEM_SEQ], length,
-                                     interaction[self.ITEM_SEQ].new_zeros(B), 0)
+            items = self.append_items(interaction[self.ITEM_SEQ], length,
+                                      interaction[self.ITEM_SEQ].new_zeros(B, n_next), 0)
             text = self.item_text_inputs(items, torch.ones_like(items, dtype=torch.bool))
         if self.attention == "cached":
-            return self.cached_step(history, length, text)
-        codes = self.sequence_codes(history, length, history.new_full((B, self.sid_len), -2))
-        return self.full_step(codes, length + 1, text)
+            return self.cached_step(history, length, text, n_next)
+        masked = history.new_full((B, n_next, self.sid_len), -2)
+        return self.full_step(self.append_items(history, length, masked, -1), length + n_next,
+                              text, n_next)
 
     def dense_query(self, step, B):
         """The predicted vector of each user's next item ``[B, d_text]``: one pass with its
@@ -368,43 +407,50 @@ class MADRec(GenerativeRecommender):
             self.__dict__["_dense_index"] = None  # item vectors may change with the weights
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def full_step(self, codes, n_items, text=None):
+    def full_step(self, codes, n_items, text=None, n_next=1):
         """Decoding step of ``full`` attention: the whole sequence, every beam, re-encoded.
-        ``step(partial)`` -> log-probs ``[N, m, V]``; with ``keep_layer``, also the last
-        item's states after that block ``[N, m, d]``."""
-        B = codes.shape[0]
+        ``step(partial)`` ``[N, n_next * m]`` (the last ``n_next`` items' slots) -> log-probs
+        ``[N, n_next * m, V]``; with ``keep_layer``, also those slots' states after that
+        block ``[N, n_next * m, d]``."""
+        B, m = codes.shape[0], self.sid_len
 
-        def step(partial, keep_layer=None):  # (N, m), -1 = masked, user-major rows
+        def step(partial, keep_layer=None):  # (N, n_next * m), -1 = masked, user-major rows
             W = partial.shape[0] // B
             seq = codes.repeat_interleave(W, 0)  # (N, I, m)
             rows = torch.arange(len(seq), device=seq.device)
-            last = n_items.repeat_interleave(W) - 1
-            seq[rows, last] = torch.where(partial >= 0, partial, -2)
+            first = n_items.repeat_interleave(W) - n_next
+            items = first[:, None] + torch.arange(n_next, device=seq.device)  # (N, n_next)
+            seq[rows[:, None], items] = torch.where(partial >= 0, partial, -2).view(-1, n_next, m)
             beam_text = None if text is None else text.repeat_interleave(W, 0)
             out = self.encode(self.tokens_of(seq), n_items.repeat_interleave(W), beam_text,
                               keep_layer)
             hidden, kept = out if keep_layer else (out, None)
-            at = last[:, None] * self.sid_len + torch.arange(self.sid_len, device=seq.device)
-            log_probs = self.slot_log_probs(hidden[rows[:, None], at])  # (N, m, V)
+            at = (items[:, :, None] * m + torch.arange(m, device=seq.device)).flatten(1)
+            log_probs = self.slot_log_probs(hidden[rows[:, None], at])  # (N, n_next * m, V)
             return log_probs if keep_layer is None else (log_probs, kept[rows[:, None], at])
 
         return step
 
-    def cached_step(self, history, length, text=None):
+    def cached_step(self, history, length, text=None, n_next=1):
         """Decoding step of ``cached`` attention: the history is encoded once here (its
-        keys/values kept per layer); each step runs only the beams' ``m`` next-item tokens.
-        ``text``: :meth:`item_text_inputs` of the history (and the last item's zeros)."""
-        L = int(length.max())
+        keys/values kept per layer); each step runs only the beams' ``n_next * m`` next-item
+        tokens (which see each other). ``text``: :meth:`item_text_inputs` of the history
+        (and the next items' zeros)."""
+        L, m = int(length.max()), self.sid_len
         hist_tokens = self.tokens_of(history[:, :L])  # (B, L*m)
         real = hist_tokens > 0
         cache = KVCache(self.n_layers)
-        hist_text = None if text is None else text[:, : L * self.sid_len]
-        self.encoder(self.embed(hist_tokens, length + 1, hist_text), key_mask=real, cache=cache)
+        hist_text = None if text is None else text[:, : L * m]
+        self.encoder(self.embed(hist_tokens, length + n_next, hist_text), key_mask=real,
+                     cache=cache)
         cache.freeze()
-        position = self.recency_embedding.weight[0] + self.slot_embedding.weight  # (m, d)
+        recency = torch.arange(n_next - 1, -1, -1, device=real.device).repeat_interleave(m)
+        position = (self.recency_embedding(recency)
+                    + self.slot_embedding.weight.repeat(n_next, 1))  # (n_next * m, d)
 
-        def step(partial, keep_layer=None):  # (N, m), -1 = masked, user-major rows
-            tokens = self.tokens_of(torch.where(partial >= 0, partial, -2)[:, None])  # (N, m)
+        def step(partial, keep_layer=None):  # (N, n_next * m), -1 = masked, user-major rows
+            tokens = self.tokens_of(torch.where(partial >= 0, partial, -2).view(
+                len(partial), n_next, m))  # (N, n_next * m)
             x = self.token_embedding(tokens) + position
             out = self.encoder(x, key_mask=real, cache=cache, keep_layer=keep_layer)
             if keep_layer is None:
