@@ -1,6 +1,7 @@
 """A synthetic catalogue of a million items: SID build, then generation, per plugin model.
 
     python -m recbole_mdgr.scale_benchmark [--items 1000000] [--users 256] [--dim 64]
+        [--quantizers rq_kmeans,opq] [--models TIGER,MADRec,MDGR]
 
 Random item vectors are quantized with ``rq_kmeans`` (3 x 256) and ``opq`` (8 x 300); each
 plugin model (untrained, its yaml defaults) then generates top-20 lists for ``--users``
@@ -22,6 +23,7 @@ import torch
 import yaml
 
 from recbole_mdgr.config import properties_dir
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.tokenizer.kmeans import build_threads
 from recbole_mdgr.tokenizer.quantizers import make_quantizer
 from recbole_mdgr.tokenizer.settings import SIDSettings
@@ -87,7 +89,17 @@ def main(argv=None) -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=256)
     parser.add_argument("--dim", type=int, default=64, help="item vector dimension")
+    parser.add_argument("--quantizers", default=",".join(QUANTIZERS),
+                        help=f"comma-separated, of {', '.join(QUANTIZERS)}")
+    parser.add_argument("--models", default="TIGER,MADRec,MDGR", help="comma-separated")
     args = parser.parse_args(argv)
+    quantizers = [q for q in args.quantizers.split(",") if q]
+    unknown = sorted(set(quantizers) - set(QUANTIZERS))
+    if unknown:
+        raise UserError(f"--quantizers: unknown {unknown}; choose from {', '.join(QUANTIZERS)}")
+    models = [m for m in args.models.split(",") if m]
+    for name in models:
+        get_model(name)  # an unknown name fails here, before minutes of building
     dense_mb = args.users * args.items * 4 / 2**20
     print(f"{args.items:,} items, {args.users} users, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; one dense [users, items] float32 matrix: "
@@ -95,7 +107,8 @@ def main(argv=None) -> None:
     vectors = np.random.default_rng(0).standard_normal((args.items, args.dim)).astype(np.float32)
     print("| quantizer | build s | collision rate | model | decode ms/user | NFE | peak MB |")
     print("|---|---|---|---|---|---|---|")
-    for quantizer, (levels, size) in QUANTIZERS.items():
+    for quantizer in quantizers:
+        levels, size = QUANTIZERS[quantizer]
         settings = SIDSettings(quantizer=quantizer, levels=levels,
                                codebook_sizes=(size,) * levels, threads=torch.get_num_threads())
         start = perf_counter()
@@ -107,7 +120,7 @@ def main(argv=None) -> None:
               f"{table.stats['collision_rate']:.4f} | (SID table) | - | - | {peak_mb():,.0f} |",
               flush=True)
         batch = history_batch(table, args.users)
-        for model_name in ("TIGER", "MADRec", "MDGR"):
+        for model_name in models:
             config = model_config(model_name, quantizer)
             torch.manual_seed(0)
             model = get_model(model_name)(config, _Dataset(table)).eval()

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from recbole_mdgr.report import COLUMNS, PLOTS
 
 from conftest import write_tiny_dataset
@@ -106,3 +108,16 @@ def test_an_unknown_suite_lists_the_shipped_ones():
 
     with pytest.raises(UserError, match="unknown suite 'nope'; shipped suites: .*mdgr-noise"):
         suite_rows("nope", "")
+
+
+def test_scale_benchmark_runs_only_the_asked_quantizers_and_models(capsys):
+    from recbole_mdgr.errors import UserError
+    from recbole_mdgr.scale_benchmark import main
+
+    main(["--items=3000", "--users=4", "--dim=16", "--quantizers=opq", "--models=TIGER"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| opq")
+            or line.startswith("| rq_kmeans")]
+    assert [r.split(" | ")[3] for r in rows] == ["(SID table)", "TIGER"]
+    assert all(r.startswith("| opq 8x300 |") for r in rows)
+    with pytest.raises(UserError, match=r"--quantizers: unknown \['pq'\]"):
+        main(["--quantizers=pq"])
