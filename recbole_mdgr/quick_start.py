@@ -81,7 +81,8 @@ def run_recbole_mdgr(
         RecBole's result dict (``best_valid_score``, ``valid_score_bigger``,
         ``best_valid_result``, ``test_result``), plus ``timing`` (fit and test seconds,
         test ms per user, checkpoint reload included) and, for generative models,
-        ``test_decode`` (NFE per user, decode ms per user, invalid-SID share).
+        ``test_decode`` (NFE per user, decode ms per user, invalid-SID share), and
+        ``saved_model_file`` when the best model was saved.
     """
     check_versions()
     quiet_recbole_warnings()
@@ -139,6 +140,8 @@ def run_recbole_mdgr(
             "test_ms_per_user": 1000.0 * test_seconds / max(len(test_data.dataset), 1),
         },
     }
+    if saved:  # the checkpoint, for decoding variants (benchmark --checkpoint) and reloads
+        result["saved_model_file"] = trainer.saved_model_file
     if getattr(trainer, "training_summary", None):
         result["training"] = dict(trainer.training_summary)
         logger.info(set_color("training", "yellow") + ": " + ", ".join(

@@ -247,6 +247,13 @@ def test_next_two_items_train_and_report_session_recall(tiny, model):
         (test["item1_recall@10"] + test["item2_recall@10"]) / 2, abs=1e-4)
     assert result["test_decode"]["nfe_per_user"] == 2 * NFE[model]  # k x the NFE per item
     assert result["best_valid_score"] == result["best_valid_result"]["session_recall@20"]
+    if model == "MADRec":  # the NFE sweep of the paper's Figure 4, on the saved checkpoint
+        from recbole_mdgr.benchmark import decode_variants
+
+        rows = decode_variants(result["saved_model_file"],
+                               [{"madrec_next_k_nfe": n} for n in (1, 2, 6)])
+        assert [r["result"]["test_decode"]["nfe_per_user"] for r in rows] == [1, 2, 6]
+        assert rows[2]["result"]["test_result"] == dict(test)  # 6 = the default k x m
 
 
 def test_next_k_is_refused_for_recbole_models(tiny):
