@@ -14,6 +14,7 @@ the first training epoch.
 
 from __future__ import annotations
 
+import re
 from time import perf_counter
 
 import torch
@@ -96,7 +97,8 @@ class GenerativeTrainer(TimeBudgetMixin, CheckpointCompatMixin, CPUDistributedMi
         self.max_k = max(config["topk"])
         self.decode_summary: dict = {}
         self.next_k = int(config["next_k"] or 1)
-        if self.next_k > 1 and not self.valid_metric.startswith(("session_recall@", "item")):
+        session_metric = re.fullmatch(r"(session|item\d+)_recall@\d+", self.valid_metric)
+        if self.next_k > 1 and not session_metric:
             chosen = f"session_recall@{self.max_k}"
             self.logger.info(set_color("valid_metric", "pink") + f": {chosen} (next_k="
                              f"{self.next_k}; was {self.valid_metric})")
