@@ -121,6 +121,7 @@ class MADRec(GenerativeRecommender):
         self.order = config["madrec_order"]
         nfe = config["madrec_nfe"] or self.sid_len
         self.schedule = nfe_schedule(self.sid_len, nfe)
+        self.attention = config["madrec_attention"] or "full"
         view = ConfigView(config)
         self.next_k_nfe = view["madrec_next_k_nfe"]
         if (view["next_k"] or 1) > 1 and self.attention == "cached":
@@ -133,7 +134,6 @@ class MADRec(GenerativeRecommender):
             raise UserError(f"madrec_next_k_nfe={self.next_k_nfe} exceeds the next_k x m = "
                             f"{slots} slots to decode; use 1..{slots}")
         self.order_seed = config["seed"]
-        self.attention = config["madrec_attention"] or "full"
         self.dense = bool(view["madrec_dense"])
         self.retrieval = view["madrec_retrieval"] or "generative"
 
