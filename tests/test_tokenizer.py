@@ -349,3 +349,22 @@ def test_minilm_encoder_without_its_packages_says_what_to_install(monkeypatch):
         encode_texts(["a red thing", "a blue thing"], "minilm", 8, 0)
     with pytest.raises(UserError, match="unknown sid_text_encoder 'bert'"):
         encode_texts(["a"], "bert", 8, 0)
+
+
+def test_constraint_indexes_stay_within_their_memory_bound_with_the_same_answers():
+    """Any-order decoding meets many fixed-slot patterns; a bounded index cache evicts the
+    least recently used ones (keeping the full pattern) and answers exactly as before."""
+    rng = np.random.default_rng(4)
+    sizes = [6, 5, 7, 4]
+    raw = np.unique(rng.integers(0, 4, (300, 4)), axis=0)
+    free, bounded = build_table(raw, sizes, "none"), build_table(raw, sizes, "none")
+    bounded.index_cache_mb = 1e-3  # about one pattern's index
+    partial = torch.as_tensor(rng.integers(0, 4, (400, 4)))
+    for _ in range(2):  # the second pass meets evicted patterns again
+        fixed = torch.as_tensor(rng.random((400, 4)) < 0.5)
+        assert torch.equal(bounded.allowed_tokens(partial, fixed),
+                           free.allowed_tokens(partial, fixed))
+        assert torch.equal(bounded.items_of(partial), free.items_of(partial))
+    assert len(free._groups) > 8  # many patterns were met...
+    assert len(bounded._groups) <= 2  # ...but the bounded table kept the full one and one more
+    assert (1 << 4) - 1 in bounded._groups

@@ -12,6 +12,7 @@ this SID" through :meth:`SIDTable.items_of`; every constrained-decoding query th
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -26,6 +27,9 @@ DEDUP_MODES = ("auto", "always", "none")
 def check_dedup_mode(mode: str) -> None:
     if mode not in DEDUP_MODES:
         raise UserError(f"sid_dedup must be one of {DEDUP_MODES}, got {mode!r}")
+
+
+INDEX_CACHE_MB = 2048.0  # default bound of a table's constraint indexes (see SIDTable)
 
 
 @dataclass
@@ -44,9 +48,19 @@ class _Groups:
     order: torch.Tensor  # [n_real] real item ids sorted by key
     bits: dict  # position j -> [G, words_j] packed allowed-token masks
 
+    def nbytes(self) -> int:
+        tensors = (self.keys, self.starts, self.sizes, self.order, *self.bits.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
+
 
 class SIDTable:
     """Semantic IDs of all items, aligned with RecBole's internal item ids.
+
+    The constraint index is one grouping of the items per pattern of fixed positions, built
+    on first use. Any-order decoding can meet up to ``2^m`` patterns, and at a million items
+    one pattern's index takes up to ~50 MB, so the indexes are kept least-recently-used
+    within ``index_cache_mb`` (default :data:`INDEX_CACHE_MB`; the full pattern, which
+    ``items_of`` uses, always stays); an evicted pattern is rebuilt when met again.
 
     Args:
         codes: ``[n_items, m]`` integer codes, row 0 (padding) all ``-1``, every other row
@@ -86,7 +100,8 @@ class SIDTable:
         self._mult = (
             torch.randint(1, 2**62, (self.m,), generator=gen, dtype=torch.long) * 2 + 1
         )
-        self._groups: dict[int, _Groups] = {}
+        self._groups: OrderedDict[int, _Groups] = OrderedDict()
+        self.index_cache_mb = INDEX_CACHE_MB
         self._used = torch.zeros(self.m, self.max_vocab, dtype=torch.bool)
         for j in range(self.m):
             self._used[j, real[:, j]] = True
@@ -119,7 +134,7 @@ class SIDTable:
         self.codes = self.codes.to(device)
         self._mult = self._mult.to(device)
         self._used = self._used.to(device)
-        self._groups = {}
+        self._groups = OrderedDict()
         return self
 
     def state_dict(self) -> dict:
@@ -201,7 +216,9 @@ class SIDTable:
 
     def _grouping(self, pattern: int) -> _Groups:
         """Items grouped by their codes at the positions set in bit mask ``pattern``."""
-        if pattern not in self._groups:
+        if pattern in self._groups:
+            self._groups.move_to_end(pattern)
+        else:
             mask = torch.tensor(
                 [(pattern >> j) & 1 for j in range(self.m)], dtype=torch.bool, device=self.device
             )
@@ -218,7 +235,19 @@ class SIDTable:
             if not torch.equal(projected, projected[starts[group_of]]):
                 raise RuntimeError("SID hash clash: rebuild the table with another seed")
             self._groups[pattern] = grp
+            self._trim(keep=pattern)
         return self._groups[pattern]
+
+    def _trim(self, keep: int) -> None:
+        """Evict least recently used pattern indexes until they fit ``index_cache_mb``
+        (never ``keep``, the one in use, nor the full pattern)."""
+        total = sum(g.nbytes() for g in self._groups.values())
+        full = (1 << self.m) - 1
+        for pattern in list(self._groups):
+            if total <= self.index_cache_mb * 2**20:
+                break
+            if pattern not in (keep, full):
+                total -= self._groups.pop(pattern).nbytes()
 
     def _bits(self, pattern: int, j: int) -> torch.Tensor:
         """Packed allowed-token masks of position ``j`` per group of ``pattern``, cached."""
@@ -233,6 +262,7 @@ class SIDTable:
             # distinct powers of two: their sum is their bitwise or (bit 63 wraps, still exact)
             bits.index_add_(0, g * words + v // 64, torch.ones_like(v) << (v % 64))
             grp.bits[j] = bits.view(G, words)
+            self._trim(keep=pattern)
         return grp.bits[j]
 
     def _find(self, partial: torch.Tensor, fixed: torch.Tensor, pattern: int):
