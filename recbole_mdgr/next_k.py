@@ -96,8 +96,8 @@ def sessions_item_by_item(model, interaction, k: int, width: int
         nfe += (stats.nfe - spent) / max(stats.users - users, 1)
         W = sessions.shape[1]
         scores, parent, pick = beam_step(scores, item_scores.view(B, W, width), width)
-        new = items.view(B, W, width).gather(1, parent[:, :, None].expand(B, width, width))
-        new = new.gather(2, pick[:, :, None]).masked_fill((scores == NEG_INF)[:, :, None], 0)
+        new = gather_beams(items.view(B, W, width), parent).gather(2, pick[:, :, None])
+        new = new.masked_fill((scores == NEG_INF)[:, :, None], 0)
         sessions = torch.cat([gather_beams(sessions, parent), new], 2)
         if i < k - 1:
             rows = (parent + W * torch.arange(B, device=device)[:, None]).view(-1)

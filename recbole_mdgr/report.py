@@ -98,7 +98,8 @@ def load_runs(folder: str, order: list[str] | None = None) -> list[dict]:
 
 
 def table_rows(rows: list[dict]) -> list[list]:
-    return [[get(row) for _, get in columns(rows)] for row in rows]
+    readers = [get for _, get in columns(rows)]
+    return [[get(row) for get in readers] for row in rows]
 
 
 def markdown(rows: list[dict]) -> str:
