@@ -182,6 +182,17 @@ def suite_rows(suite: str | None, models: str) -> dict[str, dict]:
     return rows
 
 
+def pick_rows(rows: dict[str, dict], names: str) -> dict[str, dict]:
+    """``--rows "name;name"``: those rows of a suite, in that order (a long suite finished
+    in the order its comparisons need)."""
+    picked = [n.strip() for n in names.split(";") if n.strip()]
+    unknown = [n for n in picked if n not in rows]
+    if unknown:
+        raise UserError(f"--rows: no row named {', '.join(map(repr, unknown))}; the rows are: "
+                        f"{'; '.join(rows)}")
+    return {n: rows[n] for n in picked}
+
+
 def run_path(out: str, name: str) -> str:
     return os.path.join(out, RUNS, name.replace("/", "_").replace(" ", "_") + ".json")
 
@@ -229,10 +240,12 @@ def side_by_side(args, overrides: list[str]) -> int:
     from recbole_mdgr.utils import get_model
 
     rows = suite_rows(args.suite, args.models)
+    order = list(rows)  # the report's row order: the suite's, whatever runs now
+    if args.rows:
+        rows = pick_rows(rows, args.rows)
     for row in rows.values():  # unknown names and presets fail before anything runs
         get_model(row["model"])
         preset_for(row["model"], row.get("preset", args.preset))
-    order = list(rows)
     command = "python -m recbole_mdgr.benchmark " + " ".join(sys.argv[1:])
     failed = []
     for i, (name, row) in enumerate(rows.items(), 1):
@@ -275,6 +288,8 @@ def main(argv=None) -> None:
                         help="per model, the shipped preset <model>-<preset>, else <preset>")
     parser.add_argument("--suite", default=None,
                         help="rows from properties/suite/<name>.yaml instead of --models")
+    parser.add_argument("--rows", default=None,
+                        help='with --suite: only these rows, in this order ("name;name")')
     parser.add_argument("--throughput_steps", type=int, default=5,
                         help="training steps timed before each run (0: none)")
     parser.add_argument("--table", action="store_true", help="print the table of --out")

@@ -121,3 +121,16 @@ def test_scale_benchmark_runs_only_the_asked_quantizers_and_models(capsys):
     assert all(r.startswith("| opq 8x300 |") for r in rows)
     with pytest.raises(UserError, match=r"--quantizers: unknown \['pq'\]"):
         main(["--quantizers=pq"])
+
+
+def test_rows_of_a_suite_run_in_the_asked_order_and_unknown_ones_are_named():
+    from recbole_mdgr.benchmark import pick_rows, suite_rows
+    from recbole_mdgr.errors import UserError
+
+    rows = suite_rows("data-constrained", "")
+    picked = pick_rows(rows, "TIGER drop 0%; MADRec drop 50%;TIGER drop 50%")
+    assert list(picked) == ["TIGER drop 0%", "MADRec drop 50%", "TIGER drop 50%"]
+    assert picked["MADRec drop 50%"]["config"]["train_drop_ratio"] == 0.5
+    with pytest.raises(UserError, match="no row named 'TIGER drop 99%'; the rows are: "
+                                        "MADRec drop 0%; MADRec drop 25%"):
+        pick_rows(rows, "TIGER drop 0%;TIGER drop 99%")

@@ -160,3 +160,59 @@ def test_data_constrained_drop_keeps_targets_and_three_training_items(tmp_path, 
     other, _, _ = _sequences(tmp_path, "drop", MAX_ITEM_LIST_LENGTH=20, train_drop_ratio=ratio,
                              train_drop_seed=7)
     assert other != kept  # the seed decides which items go
+
+
+def _user_rows(split):
+    """{user id: the row's item ids, history included} of an evaluation split."""
+    feat = split.inter_feat
+    return {u: (i, tuple(h)) for u, i, h in zip(feat["user_id"].tolist(),
+                                                feat["item_id"].tolist(),
+                                                feat["item_id_list"].tolist())}
+
+
+@pytest.mark.parametrize("model", ["SASRec", "TIGER"])  # RecBole's dataset and ours
+def test_valid_users_keeps_a_seeded_sample_of_validation_rows_and_every_test_row(tiny, model):
+    from recbole_mdgr.data import create_dataset
+
+    tmp_path, cfg = tiny
+    cfg.update(sid_quantizer="rq_kmeans", sid_levels=2, sid_codebook_size=4)
+
+    def splits(**overrides):
+        return create_dataset(Config(model, "tiny", config_dict={**cfg, **overrides})).build()
+
+    train, valid, test = splits()
+    train_s, valid_s, test_s = splits(valid_users=7)
+    full, sampled = _user_rows(valid), _user_rows(valid_s)
+    assert len(full) == 30 and len(sampled) == len(valid_s) == 7
+    assert all(full[u] == row for u, row in sampled.items())  # the same rows, unchanged
+    assert _user_rows(test_s) == _user_rows(test) and len(train_s) == len(train)
+    assert _user_rows(splits(valid_users=7)[1]) == sampled  # the seed fixes the sample
+    assert _user_rows(splits(valid_users=7, seed=5)[1]).keys() != sampled.keys()
+    assert _user_rows(splits(valid_users=30)[1]) == full  # as many as there are: all
+
+
+def test_valid_users_applies_to_the_leave_k_out_split(tiny):
+    from recbole_mdgr.next_k import NEXT_ITEMS
+
+    tmp_path, cfg = tiny
+    config = Config("TIGER", "tiny", config_dict={
+        **cfg, "next_k": 2, "valid_users": 5, "sid_quantizer": "rq_kmeans",
+        "sid_levels": 2, "sid_codebook_size": 4})
+    _, valid, test = SIDSequentialDataset(config).build()
+    assert len(valid) == 5 and valid.inter_feat[NEXT_ITEMS].shape == (5, 2)
+    assert len(test) == 30
+
+
+@pytest.mark.parametrize("model, value, words", [
+    ("TIGER", 0, "positive integer"), ("SASRec", "many", "positive integer"),
+    ("Pop", 10, "sequential models")])
+def test_valid_users_bad_values_are_refused_by_name(tiny, model, value, words):
+    from recbole_mdgr.data import create_dataset
+    from recbole_mdgr.errors import UserError
+
+    tmp_path, cfg = tiny
+    config = Config(model, "tiny", config_dict={**cfg, "valid_users": value,
+                                                "sid_quantizer": "rq_kmeans", "sid_levels": 2,
+                                                "sid_codebook_size": 4})
+    with pytest.raises(UserError, match=f"valid_users.*{words}|{words}.*valid_users"):
+        create_dataset(config).build()

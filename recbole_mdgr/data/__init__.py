@@ -5,7 +5,14 @@ from urllib.error import URLError
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
 
-from recbole_mdgr.data.dataset import SID_SUFFIX, SIDSequentialDataset, TRAIN_SAMPLE_MODES
+from recbole.utils import ModelType
+
+from recbole_mdgr.data.dataset import (
+    SID_SUFFIX,
+    TRAIN_SAMPLE_MODES,
+    SIDSequentialDataset,
+    ValidSampledSequentialDataset,
+)
 from recbole_mdgr.errors import UserError
 from recbole_mdgr.utils import get_model, is_generative
 
@@ -35,6 +42,11 @@ def _create_dataset(config):
         if config["save_dataset"]:
             dataset.save()
         return dataset
+    if config["valid_users"] is not None:
+        if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+            raise UserError(f"valid_users is for sequential models; {config['model']} is "
+                            f"{config['MODEL_TYPE'].name.lower()}: remove valid_users")
+        return ValidSampledSequentialDataset(config)
     return recbole_create_dataset(config)
 
 

@@ -15,6 +15,38 @@ SID_SUFFIX = "_sid"
 TRAIN_SAMPLE_MODES = ("prefix", "sequence", "windows")
 
 
+def sample_validation_users(datasets, config, logger):
+    """``[train, valid, test]`` with ``valid`` cut to ``valid_users`` users drawn once at random
+    (generator seeded with ``seed``, rows kept in their order); unchanged when the key is ``~``
+    or at least the number of validation users. Validation decides early stopping only: the
+    test split keeps every user."""
+    n = config["valid_users"]
+    if n is None:
+        return datasets
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise UserError(f"valid_users must be a positive integer or ~ (every user), got {n!r}")
+    train, valid, *rest = datasets
+    users = valid.inter_feat[valid.uid_field]
+    every = users.unique()
+    if n >= len(every):
+        logger.info(set_color("valid_users", "pink")
+                    + f" {n}: every one of the {len(every)} validation users is kept")
+        return datasets
+    generator = torch.Generator().manual_seed(int(config["seed"] or 0))
+    chosen = every[torch.randperm(len(every), generator=generator)[:n]]
+    rows = torch.isin(users, chosen).nonzero().flatten()
+    logger.info(set_color("valid_users", "pink") + f" {n}: validation on {n} of {len(every)} "
+                f"users ({len(rows)} samples); the test split keeps all of them")
+    return [train, valid.copy(valid.inter_feat[rows]), *rest]
+
+
+class ValidSampledSequentialDataset(SequentialDataset):
+    """RecBole's ``SequentialDataset`` with ``valid_users`` (its built-in sequential models)."""
+
+    def build(self):
+        return sample_validation_users(super().build(), self.config, self.logger)
+
+
 def check_sample_mode(mode: str | None) -> str:
     """``train_sample_mode`` (``~`` = prefix), refused by name when unknown."""
     mode = mode or "prefix"
@@ -51,6 +83,8 @@ class SIDSequentialDataset(SequentialDataset):
       samples are those whose target comes before both. An evaluation sample's history is
       everything before its first target, and it carries its ``k`` targets in time order as
       ``next_items`` ``[B, k]`` (its ``item_id`` is the first). See :mod:`recbole_mdgr.next_k`.
+    - ``valid_users``: validation on a fixed random sample of users
+      (:func:`sample_validation_users`).
     - Every batch ``dataset[index]`` carries ``<field>_sid`` for the item fields it has:
       ``item_id_list_sid`` ``[B, L, m]`` and ``item_id_sid`` ``[B, m]`` (padding = -1).
       This is the one place where batches get their SIDs.
@@ -91,7 +125,8 @@ class SIDSequentialDataset(SequentialDataset):
             + f": {len(train)} (train_sample_mode={self.train_sample_mode}; "
             f"{before} prefix samples)"
         )
-        datasets = [train] + list(datasets[1:])
+        datasets = sample_validation_users([train] + list(datasets[1:]), self.config,
+                                           self.logger)
         for d in datasets:
             d.sid_table = self.sid_table
         return datasets
