@@ -319,7 +319,12 @@ def main(argv=None) -> None:
             from recbole_mdgr.report import write_reports
 
             write_reports(args.out)
-    elif args.table:
+    elif args.table:  # the reports and plots rewritten from the folder's runs, the table shown
+        from recbole_mdgr.report import write_reports
+
+        if not load_runs(args.out):
+            raise UserError(f"--table: no finished runs in {args.out}/runs/")
+        write_reports(args.out)
         print(markdown(load_runs(args.out)))
     else:
         sys.exit(side_by_side(args, overrides))

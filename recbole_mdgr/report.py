@@ -150,6 +150,23 @@ def load_variants(folder: str) -> dict[str, list[dict]]:
     return groups
 
 
+def variant_series(group: list[dict], metric: str):
+    """One checkpoint's decoding variants on the recall-vs-NFE plot: the variants that set
+    an NFE key (``*_nfe=...``) as a line sorted by NFE ``[(nfe, value)]``, the others (an
+    unmasking order, a beam width) as labelled points ``[(variant, nfe, value)]``."""
+    line, others = [], []
+    for r in group:
+        value = _metric(metric)(r)
+        if value is None:
+            continue
+        keys = [part.split("=")[0].strip() for part in r["model"].split(",")]
+        if any(k.endswith("_nfe") for k in keys):
+            line.append((_nfe(r), value))
+        else:
+            others.append((r["model"], _nfe(r), value))
+    return sorted(line), others
+
+
 def plot_all(folder: str, rows: list[dict]) -> list[str]:
     """The PNG plots of ``rows`` (each only when some run has its data)."""
     import matplotlib
@@ -204,13 +221,16 @@ def plot_all(folder: str, rows: list[dict]) -> list[str]:
         for model, x, y in points:
             ax.plot([x], [y], "o")
             ax.annotate(model, (x, y), textcoords="offset points", xytext=(4, 4))
-        if key == "recall_vs_nfe":  # decoding variants of one checkpoint: a line per checkpoint
-            for name, line in variants.items():
-                line = sorted((_nfe(r), _metric(metric)(r)) for r in line
-                              if _metric(metric)(r) is not None)
+        if key == "recall_vs_nfe":  # decoding variants of one checkpoint
+            for name, group in variants.items():
+                line, others = variant_series(group, metric)
                 if line:
-                    ax.plot(*zip(*line), "s--", ms=4, label=f"{name} (decoding variants)")
+                    ax.plot(*zip(*line), "s--", ms=4, label=f"{name}, NFE sweep")
                     ax.legend()
+                for variant, x, y in others:
+                    ax.plot([x], [y], "x", color="gray")
+                    ax.annotate(variant, (x, y), textcoords="offset points", xytext=(-6, 0),
+                                ha="right", va="center", fontsize=7)
         ax.set(xlabel=label, ylabel=f"test {metric} (%)", title=f"{metric} vs {label}")
         save(fig, key)
     return written

@@ -134,3 +134,19 @@ def test_rows_of_a_suite_run_in_the_asked_order_and_unknown_ones_are_named():
     with pytest.raises(UserError, match="no row named 'TIGER drop 99%'; the rows are: "
                                         "MADRec drop 0%; MADRec drop 25%"):
         pick_rows(rows, "TIGER drop 0%;TIGER drop 99%")
+
+
+def test_table_rewrites_the_reports_from_the_runs_and_refuses_an_empty_folder(tmp_path, capsys):
+    from recbole_mdgr.benchmark import main
+    from recbole_mdgr.errors import UserError
+
+    run = {"model": "SASRec", "result": {"test_result": {"recall@10": 0.0827},
+                                         "timing": {"fit_seconds": 60.0}}}
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "SASRec.json").write_text(json.dumps(run))
+    main(["--table", f"--out={tmp_path}"])
+    assert "| SASRec | - | 8.27 |" in capsys.readouterr().out
+    assert "| SASRec | - | 8.27 |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(UserError, match="no finished runs"):
+        main(["--table", f"--out={tmp_path / 'empty'}"])

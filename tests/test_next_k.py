@@ -284,3 +284,18 @@ def test_report_shows_session_recall_columns_and_draws_the_nfe_variants(tmp_path
     assert (tmp_path / "results.md").read_text().splitlines()[2].startswith(
         "| TIGER next-2 | - | - | - | - | - | - | - | - | 10.0 |")
     assert str(tmp_path / PLOTS["recall_vs_nfe"]) in paths
+
+
+def test_nfe_sweep_is_a_line_and_other_decoding_variants_are_labelled_points():
+    from recbole_mdgr.report import variant_series
+
+    def row(model, r10, nfe):
+        return {"model": model, "result": {"test_result": {"recall@10": r10},
+                                           "test_decode": {"nfe_per_user": nfe}}}
+
+    group = [row("madrec_nfe=4", 0.0224, 4), row("madrec_nfe=1", 0.0111, 1),
+             row("madrec_order=left_to_right", 0.0261, 4), row("beam_size=10,madrec_nfe=2",
+                                                               0.018, 2)]
+    line, others = variant_series(group, "recall@10")
+    assert line == [(1.0, 1.11), (2.0, 1.8), (4.0, 2.24)]  # by NFE, whatever the file order
+    assert others == [("madrec_order=left_to_right", 4.0, 2.61)]
