@@ -292,7 +292,8 @@ def main(argv=None) -> None:
                         help='with --suite: only these rows, in this order ("name;name")')
     parser.add_argument("--throughput_steps", type=int, default=5,
                         help="training steps timed before each run (0: none)")
-    parser.add_argument("--table", action="store_true", help="print the table of --out")
+    parser.add_argument("--table", action="store_true",
+                        help="rewrite the reports and plots of --out from its runs; print the table")
     parser.add_argument("--checkpoint", default=None, help="compare decoding variants of it")
     parser.add_argument("--variants", default="", help='"key=v,key=v;key=v" config variants')
     parser.add_argument("--throughput", action="store_true",
@@ -322,10 +323,11 @@ def main(argv=None) -> None:
     elif args.table:  # the reports and plots rewritten from the folder's runs, the table shown
         from recbole_mdgr.report import write_reports
 
-        if not load_runs(args.out):
+        rows = load_runs(args.out)
+        if not rows:
             raise UserError(f"--table: no finished runs in {args.out}/runs/")
         write_reports(args.out)
-        print(markdown(load_runs(args.out)))
+        print(markdown(rows))
     else:
         sys.exit(side_by_side(args, overrides))
 

@@ -4,7 +4,6 @@ from urllib.error import URLError
 
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
-
 from recbole.utils import ModelType
 
 from recbole_mdgr.data.dataset import (
