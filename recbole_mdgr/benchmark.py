@@ -21,6 +21,11 @@ exact scoring of every item)::
 
     python -m recbole_mdgr.benchmark --checkpoint=saved/TIGER-....pth \
         --variants="tiger_decode=beam,beam_size=20;tiger_decode=exact"
+
+``--split=valid`` scores them on the validation split instead (the users ``valid_users``
+sampled, when the checkpoint's config sets it): the split to choose decoding knobs on.
+Rows are appended to ``--out/variants.jsonl``; ``variants.md`` and ``decoding_variants.png``
+(Recall@10 against decoded users/s) are rewritten from it.
 """
 
 from __future__ import annotations
@@ -78,14 +83,18 @@ def parse_variants(text: str) -> list[dict]:
     ]
 
 
-def decode_variants(checkpoint: str, variants: list[dict]) -> list[dict]:
-    """Test results of one checkpoint under each variant of its config (decoding knobs)."""
+def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") -> list[dict]:
+    """Results on ``split`` (``test`` or ``valid``) of one checkpoint under each variant of
+    its config (decoding knobs); a row's metrics are under ``result[f"{split}_result"]``."""
     from time import perf_counter
 
     from recbole_mdgr.quick_start import load_data_and_model
     from recbole_mdgr.utils import get_model, get_trainer
 
-    config, trained, _, train_data, _, test_data = load_data_and_model(checkpoint)
+    if split not in ("test", "valid"):
+        raise UserError(f"--split must be test or valid, got {split!r}")
+    config, trained, _, train_data, valid_data, test_data = load_data_and_model(checkpoint)
+    data = test_data if split == "test" else valid_data
     state = trained.state_dict()
     saved = {key: config[key] for variant in variants for key in variant}
     rows = []
@@ -96,14 +105,16 @@ def decode_variants(checkpoint: str, variants: list[dict]) -> list[dict]:
         model.load_state_dict(state)
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
         start = perf_counter()
-        test = trainer.evaluate(test_data, load_best_model=False)
+        scores = trainer.evaluate(data, load_best_model=False)
         seconds = perf_counter() - start
-        timing = {"fit_seconds": 0.0, "test_seconds": seconds,
-                  "test_ms_per_user": 1000.0 * seconds / len(test_data.dataset)}
-        result = {"test_result": dict(test), "timing": timing,
-                  "test_decode": dict(trainer.decode_summary)}
+        timing = {"fit_seconds": 0.0, f"{split}_seconds": seconds,
+                  f"{split}_ms_per_user": 1000.0 * seconds / len(data.dataset)}
+        result = {f"{split}_result": dict(scores), "timing": timing,
+                  f"{split}_decode": dict(trainer.decode_summary)}
         rows.append({"model": ", ".join(f"{k}={v}" for k, v in variant.items()),
-                     "checkpoint": checkpoint, "machine": machine(), "result": result})
+                     "split": split, "users": len(data.dataset), "checkpoint": checkpoint,
+                     "machine": machine(), "commit": commit(),
+                     "date": time.strftime("%Y-%m-%d"), "result": result})
     return rows
 
 
@@ -296,6 +307,8 @@ def main(argv=None) -> None:
                         help="rewrite the reports and plots of --out from its runs; print the table")
     parser.add_argument("--checkpoint", default=None, help="compare decoding variants of it")
     parser.add_argument("--variants", default="", help='"key=v,key=v;key=v" config variants')
+    parser.add_argument("--split", default="test", choices=("test", "valid"),
+                        help="with --checkpoint: the split the variants are scored on")
     parser.add_argument("--throughput", action="store_true",
                         help="training tokens/s, GFLOP/s vs the matmul peak, inference users/s")
     parser.add_argument("--stack", action="store_true",
@@ -311,15 +324,19 @@ def main(argv=None) -> None:
     elif args.one:
         run_one(args.one, args, overrides)
     elif args.checkpoint:
-        rows = decode_variants(args.checkpoint, parse_variants(args.variants))
+        from recbole_mdgr.report import variants_markdown, write_variant_reports
+
+        rows = decode_variants(args.checkpoint, parse_variants(args.variants), args.split)
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, "variants.jsonl"), "a") as f:
             f.writelines(json.dumps(row, default=float) + "\n" for row in rows)
-        print(markdown(rows))
+        print(variants_markdown(rows))
         if load_runs(args.out):  # the NFE plot draws the variants next to the runs
             from recbole_mdgr.report import write_reports
 
             write_reports(args.out)
+        else:
+            write_variant_reports(args.out)
     elif args.table:  # the reports and plots rewritten from the folder's runs, the table shown
         from recbole_mdgr.report import write_reports
 

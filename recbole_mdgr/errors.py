@@ -26,6 +26,16 @@ class UserError(ValueError):
     """Input the user can fix: a file, a field or a config key, and what to do about it."""
 
 
+def check_positive_int(key: str, value, none: str | None = None) -> None:
+    """Refuse ``value`` for config key ``key`` unless it is an integer >= 1 (a bool is not).
+    ``none``, when given, says what ``~`` means for this key, and ``~`` is then accepted."""
+    if value is None and none is not None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        also = f" or ~ ({none})" if none is not None else ""
+        raise UserError(f"{key} must be a positive integer{also}, got {value!r}")
+
+
 def known_download(dataset: str) -> bool:
     """Whether RecBole knows a download address for ``dataset`` (its url.yaml)."""
     import recbole

@@ -17,12 +17,13 @@ PLOTS = {
     "valid_curves": "valid_ndcg10_vs_minutes.png",
     "recall_vs_nfe": "recall10_vs_nfe.png",
     "recall_vs_speed": "recall10_vs_users_per_s.png",
+    "decoding_variants": "decoding_variants.png",
 }
 
 
 def _metric(key):
     def get(row):
-        value = row["result"]["test_result"].get(key)
+        value = (row["result"].get("test_result") or {}).get(key)
         return None if value is None else round(100 * float(value), 2)
     return get
 
@@ -131,7 +132,7 @@ def write_reports(folder: str, order: list[str] | None = None) -> list[str]:
     with open(paths[2], "w") as f:
         f.write(markdown(rows) + "\n\nMetrics in % (test split, best-validation checkpoint). "
                 "Runs:\n" + provenance(rows) + "\n")
-    return paths + plot_all(folder, rows)
+    return paths + plot_all(folder, rows) + write_variant_reports(folder)
 
 
 def load_variants(folder: str) -> dict[str, list[dict]]:
@@ -148,6 +149,100 @@ def load_variants(folder: str) -> dict[str, list[dict]]:
                 name = os.path.basename(row["checkpoint"]).split("-")[0]
                 groups.setdefault(name, []).append(row)
     return groups
+
+
+def _split(row) -> str:
+    return row.get("split", "test")
+
+
+def _variant_metric(key):
+    def get(row):
+        value = (row["result"].get(f"{_split(row)}_result") or {}).get(key)
+        return None if value is None else round(100 * float(value), 2)
+    return get
+
+
+def _variant_decode(key, of=float, digits=2):
+    def get(row):
+        value = (row["result"].get(f"{_split(row)}_decode") or {}).get(key)
+        return None if value is None else round(of(value), digits)
+    return get
+
+
+# a decoding variant's row: its metrics on the split it was scored on, and its decoding cost
+VARIANT_COLUMNS = [
+    ("checkpoint", lambda row: os.path.basename(row["checkpoint"])),
+    ("variant", lambda row: row["model"]),
+    ("split", lambda row: _split(row) + (f" ({row['users']} users)" if "users" in row else "")),
+    ("R@5", _variant_metric("recall@5")), ("R@10", _variant_metric("recall@10")),
+    ("R@20", _variant_metric("recall@20")), ("N@10", _variant_metric("ndcg@10")),
+    ("NFE", _variant_decode("nfe_per_user")),
+    ("users/s", _variant_decode("decode_ms_per_user", of=lambda ms: 1000.0 / ms, digits=1)),
+]
+
+
+def variants_markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(name for name, _ in VARIANT_COLUMNS) + " |",
+             "|" + "---|" * len(VARIANT_COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join("-" if v is None else str(v) for v in
+                                       (get(row) for _, get in VARIANT_COLUMNS)) + " |")
+    return "\n".join(lines)
+
+
+def variant_lines(rows: list[dict], metric: str = "recall@10"):
+    """Decoding variants as ``{(model, split, shared keys, last key): [(users/s, value,
+    last)]}``: the variants of one checkpoint and split that differ only in their last key's
+    value are one line, sorted by users/s (``mdgr_warmup_steps=4,mdgr_parallel=1..4``: one line per
+    warm-up length); ``last`` is that key's ``key=value``."""
+    speed, value_of = VARIANT_COLUMNS[-1][1], _variant_metric(metric)
+    lines: dict[tuple, list] = {}
+    for row in rows:
+        x, y = speed(row), value_of(row)
+        if x is None or y is None:
+            continue
+        parts = [part.strip() for part in row["model"].split(",")]
+        key = (os.path.basename(row["checkpoint"]).split("-")[0], _split(row),
+               ", ".join(parts[:-1]), parts[-1].split("=")[0])
+        lines.setdefault(key, []).append((x, y, parts[-1]))
+    return {key: sorted(points) for key, points in lines.items()}
+
+
+def write_variant_reports(folder: str) -> list[str]:
+    """``variants.md`` and ``decoding_variants.png`` from ``folder/variants.jsonl``."""
+    rows = [row for group in load_variants(folder).values() for row in group]
+    if not rows:
+        return []
+    path = os.path.join(folder, "variants.md")
+    with open(path, "w") as f:
+        f.write(variants_markdown(rows) + "\n\nMetrics in % on the split named; users/s is "
+                "decoding alone (`decode_ms_per_user`). Rows: `benchmark --checkpoint "
+                "--variants` (docs/benchmarks.md), each with its commit, machine and date "
+                "in variants.jsonl.\n")
+    lines = variant_lines(rows)
+    if not lines:
+        return [path]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (name, split, shared, last), points in lines.items():
+        xs, ys, _ = zip(*points)
+        ax.plot(xs, ys, "o-", ms=4, label=f"{name} {split}, " + (f"{shared}, " if shared else "")
+                + f"{last}=")
+        for x, y, label in points:
+            ax.annotate(label.split("=")[-1], (x, y), textcoords="offset points",
+                        xytext=(3, 3), fontsize=7)
+    ax.set(xlabel="decoded users/s", ylabel="Recall@10 (%)",
+           title="decoding variants (point label: the last key's value)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    plot = os.path.join(folder, PLOTS["decoding_variants"])
+    fig.savefig(plot, dpi=110)
+    plt.close(fig)
+    return [path, plot]
 
 
 def variant_series(group: list[dict], metric: str):

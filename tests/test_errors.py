@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from recbole_mdgr.errors import UserError, check_atomic_file
+from recbole_mdgr.errors import UserError, check_atomic_file, check_positive_int
 
 from conftest import write_tiny_dataset
 
@@ -146,3 +146,16 @@ def test_too_short_names_the_split_it_was_given():
     ratio = _too_short({"dataset": "d", "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}}})
     assert "leave-one-out" not in str(ratio)
     assert "eval_args split {'RS': [0.8, 0.1, 0.1]}" in str(ratio)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.0, "4", True, None])
+def test_check_positive_int_refuses_by_key(value):
+    with pytest.raises(UserError, match=r"^beam_size must be a positive integer, got "):
+        check_positive_int("beam_size", value)
+
+
+def test_check_positive_int_accepts_integers_and_a_documented_none():
+    check_positive_int("beam_size", 1)
+    check_positive_int("valid_users", None, none="every user")
+    with pytest.raises(UserError, match=r"or ~ \(every user\), got 0"):
+        check_positive_int("valid_users", 0, none="every user")

@@ -72,8 +72,13 @@ def test_tiger_beams_as_wide_as_the_catalogue_give_exact_scorings_metrics(tiny):
     from recbole_mdgr.benchmark import decode_variants, parse_variants
 
     tmp, cfg = tiny
-    run_recbole_mdgr("TIGER", "tiny", config_dict={**cfg, **TINY["TIGER"]})
+    trained = run_recbole_mdgr("TIGER", "tiny", config_dict={**cfg, **TINY["TIGER"]})
     (saved,) = [f for f in os.listdir(tmp / "saved") if f.startswith("TIGER-")]
+    # --split=valid: the best checkpoint scores on validation what training recorded for it
+    (valid,) = decode_variants(str(tmp / "saved" / saved), [{"tiger_decode": "beam"}], "valid")
+    assert valid["split"] == "valid" and "test_result" not in valid["result"]
+    assert valid["result"]["valid_result"] == dict(trained["best_valid_result"])
+    assert valid["result"]["valid_decode"]["nfe_per_user"] == 3
     variants = parse_variants("tiger_decode=beam,beam_size=64;tiger_decode=exact")
     assert variants[0] == {"tiger_decode": "beam", "beam_size": 64}
     beam, exact = decode_variants(str(tmp / "saved" / saved), variants)

@@ -299,3 +299,35 @@ def test_nfe_sweep_is_a_line_and_other_decoding_variants_are_labelled_points():
     line, others = variant_series(group, "recall@10")
     assert line == [(1.0, 1.11), (2.0, 1.8), (4.0, 2.24)]  # by NFE, whatever the file order
     assert others == [("madrec_order=left_to_right", 4.0, 2.61)]
+
+
+def test_decoding_variants_differing_in_their_last_key_are_one_line_by_users_per_s(tmp_path):
+    import json
+
+    from recbole_mdgr.report import PLOTS, variant_lines, variants_markdown, write_variant_reports
+
+    def row(model, r10, ms, split="valid"):
+        return {"model": model, "split": split, "users": 4096,
+                "checkpoint": "saved/MDGR-Nov-30-2026.pth",
+                "result": {f"{split}_result": {"recall@10": r10},
+                           f"{split}_decode": {"nfe_per_user": 6, "decode_ms_per_user": ms}}}
+
+    rows = [row("mdgr_warmup_steps=4, mdgr_parallel=1", 0.05, 20.0),
+            row("mdgr_warmup_steps=4, mdgr_parallel=2", 0.048, 10.0),
+            row("mdgr_warmup_steps=0, mdgr_parallel=2", 0.03, 8.0),
+            row("mdgr_warmup_steps=4, mdgr_parallel=2", 0.04, 10.0, split="test")]
+    lines = variant_lines(rows)
+    assert lines == {
+        ("MDGR", "valid", "mdgr_warmup_steps=4", "mdgr_parallel"):
+            [(50.0, 5.0, "mdgr_parallel=1"), (100.0, 4.8, "mdgr_parallel=2")],
+        ("MDGR", "valid", "mdgr_warmup_steps=0", "mdgr_parallel"):
+            [(125.0, 3.0, "mdgr_parallel=2")],
+        ("MDGR", "test", "mdgr_warmup_steps=4", "mdgr_parallel"):
+            [(100.0, 4.0, "mdgr_parallel=2")]}
+    table = variants_markdown(rows).splitlines()
+    assert table[3] == ("| MDGR-Nov-30-2026.pth | mdgr_warmup_steps=4, mdgr_parallel=2 | "
+                        "valid (4096 users) | - | 4.8 | - | - | 6.0 | 100.0 |")
+    (tmp_path / "variants.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = write_variant_reports(str(tmp_path))
+    assert paths == [str(tmp_path / "variants.md"), str(tmp_path / PLOTS["decoding_variants"])]
+    assert (tmp_path / "variants.md").read_text().startswith("\n".join(table))

@@ -9,7 +9,7 @@ from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import set_color
 
 from recbole_mdgr.distributed import rank0_first
-from recbole_mdgr.errors import UserError
+from recbole_mdgr.errors import UserError, check_positive_int
 
 SID_SUFFIX = "_sid"
 TRAIN_SAMPLE_MODES = ("prefix", "sequence", "windows")
@@ -23,8 +23,7 @@ def sample_validation_users(datasets, config, logger):
     n = config["valid_users"]
     if n is None:
         return datasets
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise UserError(f"valid_users must be a positive integer or ~ (every user), got {n!r}")
+    check_positive_int("valid_users", n, none="every user")
     train, valid, *rest = datasets
     users = valid.inter_feat[valid.uid_field]
     every = users.unique()
@@ -92,9 +91,8 @@ class SIDSequentialDataset(SequentialDataset):
 
     def __init__(self, config):
         self.train_sample_mode = check_sample_mode(config["train_sample_mode"])
-        self.next_k = int(config["next_k"] or 1)
-        if self.next_k < 1:
-            raise UserError(f"next_k must be a positive integer, got {config['next_k']!r}")
+        check_positive_int("next_k", config["next_k"], none="1, the next item")
+        self.next_k = config["next_k"] or 1
         self.sid_table = None
         super().__init__(config)
 

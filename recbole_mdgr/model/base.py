@@ -19,7 +19,7 @@ from recbole.utils import InputType
 
 from recbole_mdgr.data.dataset import SID_SUFFIX, check_sample_mode
 from recbole_mdgr.distributed import sum_over_processes
-from recbole_mdgr.errors import UserError
+from recbole_mdgr.errors import UserError, check_positive_int
 from recbole_mdgr.model.layers import Transformer
 from recbole_mdgr.tokenizer.settings import SIDSettings
 from recbole_mdgr.tokenizer.sid_table import SIDTable
@@ -33,18 +33,14 @@ RATES = ("dropout_prob", "attn_dropout_prob", "ffn_dropout_prob")
 def check_stack_config(config) -> None:
     """Refuse, by key, stack knobs no model can be built with."""
     for key in POSITIVE_INTS:
-        value = config[key]
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise UserError(f"{key} must be a positive integer, got {value!r}")
+        check_positive_int(key, config[key], none="the model's default")
     for key in RATES:
         value = config[key]
         if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise UserError(f"{key} must be a rate in [0, 1), got {value!r}")
     topk = config["topk"]
     topk = max(topk) if isinstance(topk, (list, tuple)) else topk
-    next_k = config["next_k"]
-    if next_k is not None and (not isinstance(next_k, int) or next_k < 1):
-        raise UserError(f"next_k must be a positive integer (1 = next item), got {next_k!r}")
+    check_positive_int("next_k", config["next_k"], none="1, the next item")
     beam = config["beam_size"]
     if beam is not None and topk is not None and beam < topk:
         raise UserError(f"beam_size={beam} is smaller than the largest topk ({topk}): its "

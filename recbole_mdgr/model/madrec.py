@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mdgr.errors import UserError
+from recbole_mdgr.errors import UserError, check_positive_int
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     UNMASK_ORDERS,
@@ -80,9 +80,8 @@ class MADRec(GenerativeRecommender):
             raise UserError("madrec_last_item_mask_prob must be in [0, 1], got "
                             f"{config['madrec_last_item_mask_prob']}")
         next_k = config["next_k"] or 1
-        nfe = config["madrec_next_k_nfe"]
-        if nfe is not None and not (isinstance(nfe, int) and nfe >= 1):
-            raise UserError(f"madrec_next_k_nfe must be a positive integer, got {nfe!r}")
+        check_positive_int("madrec_next_k_nfe", config["madrec_next_k_nfe"],
+                           none="next_k x madrec_nfe")
         if (config["madrec_attention"] or "full") not in ATTENTION_MODES:
             raise UserError(f"madrec_attention must be one of {ATTENTION_MODES}, "
                             f"got {config['madrec_attention']!r}")
@@ -104,8 +103,7 @@ class MADRec(GenerativeRecommender):
                 raise UserError(f"madrec_dense_layer must be in 1..n_layers "
                                 f"({config['n_layers']}), got {config['madrec_dense_layer']}")
             for key in ("madrec_dense_rank", "madrec_dense_hidden"):
-                if not (isinstance(config[key], int) and config[key] > 0):
-                    raise UserError(f"{key} must be a positive integer, got {config[key]!r}")
+                check_positive_int(key, config[key])
             if not config["madrec_dense_weight"] >= 0.0:
                 raise UserError("madrec_dense_weight must be >= 0, got "
                                 f"{config['madrec_dense_weight']}")
