@@ -95,6 +95,7 @@ def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") 
         raise UserError(f"--split must be test or valid, got {split!r}")
     config, trained, _, train_data, valid_data, test_data = load_data_and_model(checkpoint)
     data = test_data if split == "test" else valid_data
+    code, day = commit(), time.strftime("%Y-%m-%d")  # the code that runs, taken at the start
     state = trained.state_dict()
     saved = {key: config[key] for variant in variants for key in variant}
     rows = []
@@ -113,8 +114,7 @@ def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") 
                   f"{split}_decode": dict(trainer.decode_summary)}
         rows.append({"model": ", ".join(f"{k}={v}" for k, v in variant.items()),
                      "split": split, "users": len(data.dataset), "checkpoint": checkpoint,
-                     "machine": machine(), "commit": commit(),
-                     "date": time.strftime("%Y-%m-%d"), "result": result})
+                     "machine": machine(), "commit": code, "date": day, "result": result})
     return rows
 
 
