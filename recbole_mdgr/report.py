@@ -17,8 +17,8 @@ PLOTS = {
     "valid_curves": "valid_ndcg10_vs_minutes.png",
     "recall_vs_nfe": "recall10_vs_nfe.png",
     "recall_vs_speed": "recall10_vs_users_per_s.png",
-    "decoding_variants": "decoding_variants.png",
 }
+VARIANT_PLOT = "decoding_variants.png"  # only in a folder with decoding variants
 
 
 def _metric(key):
@@ -239,7 +239,7 @@ def write_variant_reports(folder: str) -> list[str]:
            title="decoding variants (point label: the last key's value)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    plot = os.path.join(folder, PLOTS["decoding_variants"])
+    plot = os.path.join(folder, VARIANT_PLOT)
     fig.savefig(plot, dpi=110)
     plt.close(fig)
     return [path, plot]

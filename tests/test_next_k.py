@@ -304,7 +304,8 @@ def test_nfe_sweep_is_a_line_and_other_decoding_variants_are_labelled_points():
 def test_decoding_variants_differing_in_their_last_key_are_one_line_by_users_per_s(tmp_path):
     import json
 
-    from recbole_mdgr.report import PLOTS, variant_lines, variants_markdown, write_variant_reports
+    from recbole_mdgr.report import (VARIANT_PLOT, variant_lines, variants_markdown,
+                                     write_variant_reports)
 
     def row(model, r10, ms, split="valid"):
         return {"model": model, "split": split, "users": 4096,
@@ -329,5 +330,5 @@ def test_decoding_variants_differing_in_their_last_key_are_one_line_by_users_per
                         "valid (4096 users) | - | 4.8 | - | - | 6.0 | 100.0 |")
     (tmp_path / "variants.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     paths = write_variant_reports(str(tmp_path))
-    assert paths == [str(tmp_path / "variants.md"), str(tmp_path / PLOTS["decoding_variants"])]
+    assert paths == [str(tmp_path / "variants.md"), str(tmp_path / VARIANT_PLOT)]
     assert (tmp_path / "variants.md").read_text().startswith("\n".join(table))
