@@ -21,9 +21,12 @@ PLOTS = {
 VARIANT_PLOT = "decoding_variants.png"  # only in a folder with decoding variants
 
 
-def _metric(key):
+def _metric(key, own_split=False):
+    """``key`` in % from a row's test result, or with ``own_split`` from the result of the
+    split the row was scored on (a decoding variant's ``split``)."""
     def get(row):
-        value = (row["result"].get("test_result") or {}).get(key)
+        split = _split(row) if own_split else "test"
+        value = (row["result"].get(f"{split}_result") or {}).get(key)
         return None if value is None else round(100 * float(value), 2)
     return get
 
@@ -155,13 +158,6 @@ def _split(row) -> str:
     return row.get("split", "test")
 
 
-def _variant_metric(key):
-    def get(row):
-        value = (row["result"].get(f"{_split(row)}_result") or {}).get(key)
-        return None if value is None else round(100 * float(value), 2)
-    return get
-
-
 def _variant_decode(key, of=float, digits=2):
     def get(row):
         value = (row["result"].get(f"{_split(row)}_decode") or {}).get(key)
@@ -174,8 +170,8 @@ VARIANT_COLUMNS = [
     ("checkpoint", lambda row: os.path.basename(row["checkpoint"])),
     ("variant", lambda row: row["model"]),
     ("split", lambda row: _split(row) + (f" ({row['users']} users)" if "users" in row else "")),
-    ("R@5", _variant_metric("recall@5")), ("R@10", _variant_metric("recall@10")),
-    ("R@20", _variant_metric("recall@20")), ("N@10", _variant_metric("ndcg@10")),
+    ("R@5", _metric("recall@5", True)), ("R@10", _metric("recall@10", True)),
+    ("R@20", _metric("recall@20", True)), ("N@10", _metric("ndcg@10", True)),
     ("NFE", _variant_decode("nfe_per_user")),
     ("users/s", _variant_decode("decode_ms_per_user", of=lambda ms: 1000.0 / ms, digits=1)),
 ]
@@ -195,7 +191,7 @@ def variant_lines(rows: list[dict], metric: str = "recall@10"):
     last)]}``: the variants of one checkpoint and split that differ only in their last key's
     value are one line, sorted by users/s (``mdgr_warmup_steps=4,mdgr_parallel=1..4``: one line per
     warm-up length); ``last`` is that key's ``key=value``."""
-    speed, value_of = VARIANT_COLUMNS[-1][1], _variant_metric(metric)
+    speed, value_of = VARIANT_COLUMNS[-1][1], _metric(metric, own_split=True)
     lines: dict[tuple, list] = {}
     for row in rows:
         x, y = speed(row), value_of(row)
