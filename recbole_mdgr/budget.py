@@ -17,6 +17,14 @@ training dataloader's shuffle generator) and the summary so far. ``resume_from: 
 file>`` (or the checkpoint path; ``.resume`` is appended) continues an interrupted ``fit``
 from there, so it ends with the metrics an uninterrupted run with the same seed reaches.
 The best checkpoint keeps its file name and keeps being updated.
+
+``lr_schedule: budget_linear`` (needs ``train_time_budget``) lowers the learning rate
+linearly from ``learning_rate`` to 0 over the steps the budget allows: at the start of every
+epoch the total is extrapolated from the steps taken and the minutes spent so far
+(validations included), so it is set by the pace of the run, not by an epoch count that a
+time-budgeted run never reaches. Runs with it are reproducible only as far as their pace is:
+the same seed on a slower machine sees a different schedule. Each validation in
+``valid_curve`` then also records the learning rate of the last step.
 """
 
 from __future__ import annotations
@@ -31,6 +39,23 @@ import torch.distributed as dist
 from recbole.utils import set_color
 
 from recbole_mdgr.errors import UserError
+
+
+LR_SCHEDULES = ("budget_linear",)
+
+
+def planned_steps(steps_done: int, minutes: float, budget: float) -> float:
+    """Training steps ``budget`` minutes allow at the pace of ``steps_done`` steps in
+    ``minutes`` (validations included); infinite before any step has been timed."""
+    if steps_done == 0 or minutes <= 0:
+        return float("inf")
+    return steps_done * budget / minutes
+
+
+def budget_linear_factor(step: int, planned: float) -> float:
+    """Learning-rate multiplier of step ``step`` (0-based): 1 at the first step, falling
+    linearly to 0 at step ``planned`` and staying there."""
+    return max(0.0, 1.0 - step / planned)
 
 
 class _BudgetReached(Exception):
@@ -48,12 +73,22 @@ class TimeBudgetMixin:
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         self._epochs_trained = getattr(self, "_epochs_trained", 0) + 1
         self._position = [epoch_idx, 0]
+        if getattr(self, "_lr_schedule", None):
+            minutes = self._agreed((perf_counter() - self._fit_start) / 60)
+            self._planned_steps = planned_steps(self._steps_done, minutes,
+                                                self.config["train_time_budget"])
         return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
 
     def _check_nan(self, loss):
-        """RecBole calls this on every training step's loss, before ``backward``."""
+        """RecBole calls this on every training step's loss, before ``backward`` and the
+        optimizer step: the place to set that step's learning rate."""
         position = getattr(self, "_position", [0, 0])
         position[1] += 1
+        if getattr(self, "_lr_schedule", None):
+            lr = self.learning_rate * budget_linear_factor(self._steps_done, self._planned_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._steps_done += 1
         if not bool(torch.isfinite(loss).all()):
             saved = self.saved_model_file if os.path.isfile(self.saved_model_file) else None
             raise TrainingDiverged(
@@ -63,13 +98,17 @@ class TimeBudgetMixin:
                               "before it and is intact. " if saved else "")
                 + "Lower learning_rate (or set clip_grad_norm) and run again.")
 
+    def _agreed(self, value: float) -> float:
+        """The largest ``value`` over the processes of a distributed run, so every process
+        takes the same decision (stopping, the learning-rate schedule)."""
+        if self.config["single_spec"]:
+            return value
+        flag = torch.tensor([float(value)], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return float(flag.item())
+
     def _budget_passed(self, minutes: float, budget) -> bool:
-        passed = budget is not None and minutes >= budget
-        if not self.config["single_spec"]:  # every process stops at the same validation
-            flag = torch.tensor([float(passed)], device=self.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            passed = bool(flag.item())
-        return passed
+        return bool(self._agreed(float(budget is not None and minutes >= budget)))
 
     # ------------------------------------------------------------------ resume
     def _resume_path(self) -> str:
@@ -91,6 +130,7 @@ class TimeBudgetMixin:
             "optimizer": self.optimizer.state_dict(),
             "saved_model_file": self.saved_model_file,
             "epochs_trained": self._epochs_trained, "minutes": minutes, "curve": list(curve),
+            "steps_done": self._steps_done,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                     "python": random.getstate(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available()
@@ -139,20 +179,32 @@ class TimeBudgetMixin:
         if budget is not None and not budget > 0:
             raise UserError(f"train_time_budget must be a positive number of minutes or ~, "
                              f"got {budget!r}")
-        self._epochs_trained = 0
+        self._lr_schedule = self.config["lr_schedule"]
+        if self._lr_schedule is not None:
+            if self._lr_schedule not in LR_SCHEDULES:
+                raise UserError(f"lr_schedule must be ~ or one of {LR_SCHEDULES}, got "
+                                f"{self._lr_schedule!r}")
+            if budget is None:
+                raise UserError(f"lr_schedule: {self._lr_schedule} decays over "
+                                "train_time_budget: set a budget (minutes) or lr_schedule: ~")
+        self._epochs_trained, self._steps_done = 0, 0
         curve = []
         start = perf_counter()
         resumed = getattr(self, "_resumed", None)
         if resumed is not None:
             self._epochs_trained = resumed["epochs_trained"]
+            self._steps_done = resumed.get("steps_done", 0)
             curve = list(resumed["curve"])
             start -= 60 * resumed["minutes"]  # the budget counts the minutes already spent
             self._restore_random_states(train_data)
+        self._fit_start = start
 
         def after_validation(epoch_idx, valid_score):
             minutes = (perf_counter() - start) / 60
             curve.append({"epoch": epoch_idx, "minutes": round(minutes, 3),
                           "valid_score": float(valid_score)})
+            if self._lr_schedule is not None:
+                curve[-1]["learning_rate"] = self.optimizer.param_groups[0]["lr"]
             if saved:
                 self._save_resume_state(train_data, epoch_idx, minutes, curve)
             if callback_fn is not None:

@@ -118,3 +118,53 @@ def test_an_interrupted_fit_resumes_to_the_uninterrupted_metrics(tiny, model):
     assert resumed["training"]["epochs"] == whole["training"]["epochs"] == 4
     assert [p["valid_score"] for p in resumed["training"]["valid_curve"]] == \
         [p["valid_score"] for p in whole["training"]["valid_curve"]]
+
+
+def test_budget_linear_schedule_by_hand():
+    from recbole_mdgr.budget import budget_linear_factor, planned_steps
+
+    assert planned_steps(100, 10.0, 90) == 900  # 10 steps a minute for 90 minutes
+    assert planned_steps(0, 0.0, 90) == float("inf")  # nothing timed yet: no decay
+    assert [budget_linear_factor(s, 900) for s in (0, 450, 899, 900, 2000)] == pytest.approx(
+        [1.0, 0.5, 1 / 900, 0.0, 0.0])
+    assert budget_linear_factor(10**6, float("inf")) == 1.0
+
+
+def test_budget_linear_decays_every_step_over_the_steps_the_budget_allows(tiny, monkeypatch):
+    """A clock that reads one minute per step taken: the run's pace is 1 step a minute, so a
+    budget of 3n minutes (n steps an epoch) plans 3n steps. Epoch 0 has no pace yet and keeps
+    the full rate; from epoch 1 on, step s runs at lr * (1 - s / 3n)."""
+    from recbole_mdgr import budget
+    from recbole_mdgr.config import Config
+    from recbole_mdgr.quick_start import _build
+
+    tmp, cfg = tiny
+    config = Config("SASRec", "tiny", config_dict={
+        **cfg, "epochs": 10, "learning_rate": 0.01, "lr_schedule": "budget_linear"})
+    _, train_data, valid_data, _, _, trainer = _build(config)
+    n = len(train_data)
+    config["train_time_budget"] = 3 * n
+    monkeypatch.setattr(budget, "perf_counter", lambda: 60.0 * getattr(trainer, "_steps_done", 0))
+    rates = []
+    step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: (rates.append(trainer.optimizer.param_groups[0]["lr"]),
+                                              step(*a, **k))[1]
+    trainer.fit(train_data, valid_data, saved=False)
+
+    expected = [0.01] * n + [0.01 * (1 - s / (3 * n)) for s in range(n, 3 * n)]
+    assert rates == pytest.approx(expected)
+    summary = trainer.training_summary
+    assert summary["stopped_by"] == "time_budget" and summary["epochs"] == 3
+    assert [p["learning_rate"] for p in summary["valid_curve"]] == \
+        pytest.approx([0.01, 0.01 * (n + 1) / (3 * n), 0.01 / (3 * n)])
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({}, "lr_schedule: budget_linear decays over train_time_budget"),
+    ({"train_time_budget": 5, "lr_schedule": "cosine"}, "lr_schedule must be ~ or one of"),
+])
+def test_a_schedule_without_a_budget_or_unknown_is_refused(tiny, extra, message):
+    tmp, cfg = tiny
+    with pytest.raises(ValueError, match=message):
+        run_recbole_mdgr("SASRec", "tiny",
+                         config_dict={**cfg, "lr_schedule": "budget_linear", **extra})

@@ -122,12 +122,13 @@ class MADRec(GenerativeRecommender):
         self.attention = config["madrec_attention"] or "full"
         view = ConfigView(config)
         self.next_k_nfe = view["madrec_next_k_nfe"]
-        if (view["next_k"] or 1) > 1 and self.attention == "cached":
+        next_k = view["next_k"] or 1
+        if next_k > 1 and self.attention == "cached":
             self.logger.warning(
                 "madrec_attention: cached with next_k > 1 decodes the next items only "
                 "approximately (the cached history cannot see the first next_k - 1 of them, "
                 "as history items see each other in training); use madrec_attention: full")
-        slots = (view["next_k"] or 1) * self.sid_len  # m is known once the table is built
+        slots = next_k * self.sid_len  # m is known once the table is built
         if self.next_k_nfe and self.next_k_nfe > slots:
             raise UserError(f"madrec_next_k_nfe={self.next_k_nfe} exceeds the next_k x m = "
                             f"{slots} slots to decode; use 1..{slots}")
