@@ -198,3 +198,66 @@ def test_loss_decreases_and_the_model_learns_its_targets():
     model.eval()
     items, _ = model.generate(batch, k=1)
     assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75
+
+
+# ---------------------------------------------------------------------------- causal encoder
+def test_every_target_rows_by_hand():
+    """Two sequences, [a b c] -> t and [d e] -> u: rows a->b, ab->c, abc->t, d->e, de->u."""
+    codes = torch.arange(14).view(7, 2)  # item i's SID: [2i, 2i + 1]
+    history = torch.stack([torch.stack([codes[0], codes[1], codes[2]]),
+                           torch.stack([codes[3], codes[4], torch.tensor([-1, -1])])])
+    length = torch.tensor([3, 2])
+    target = torch.stack([codes[5], codes[6]])
+    user, visible, row_history, row_target = MDGR.every_target(history, length, target)
+    assert user.tolist() == [0, 0, 0, 1, 1]
+    assert row_target.tolist() == [codes[i].tolist() for i in (1, 2, 5, 4, 6)]
+    assert visible.tolist() == [[True, False, False], [True, True, False], [True, True, True],
+                                [True, False, False], [True, True, False]]
+    assert row_history[1].tolist() == [codes[0].tolist(), codes[1].tolist(), [-1, -1]]
+    assert row_history[4].tolist() == [codes[3].tolist(), codes[4].tolist(), [-1, -1]]
+
+
+def test_causal_training_rows_see_what_inference_sees_on_that_prefix():
+    """The logits trained for 'the item after history item j' equal the ones the model
+    computes when it is asked to decode after exactly items 0..j (its generate path)."""
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_history_encoder="causal", train_sample_mode="windows")
+    batch = make_batch(table, B=6)
+    length = batch["item_length"]
+    history = batch["item_id_list_sid"][:, :int(length.max())]
+    memory, _ = model.encode(history, length)
+    user, visible, row_history, row_target = MDGR.every_target(history, length,
+                                                               batch["item_id_sid"])
+    partial = row_target.clone()
+    partial[:, ::2] = -1  # any fixed masking
+    trained = model.decode(partial, memory[user], visible, 1.0)
+    prefix_len = visible.sum(1)
+    alone, _ = model.encode(row_history[:, :int(prefix_len.max())], prefix_len)
+    inferred = model.decode(partial, alone, row_history[:, :alone.shape[1], 0] >= 0, 1.0)
+    assert torch.allclose(trained, inferred, atol=1e-5)
+    # and the causal encoder's state of item j ignores the items after it
+    later = history.clone()
+    later[:, -1] = history[:, 0]
+    changed, _ = model.encode(later, length)
+    keep = torch.arange(history.shape[1]) < history.shape[1] - 1
+    assert torch.allclose(changed[:, keep], memory[:, keep], atol=1e-6)
+
+
+def test_causal_loss_covers_every_target_of_the_sequences():
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_history_encoder="causal", train_sample_mode="windows")
+    model.train()
+    batch = make_batch(table, B=6)
+    seen = []
+    decode = model.decode
+    model.decode = lambda partial, *a: (seen.append(len(partial)), decode(partial, *a))[1]
+    loss = model.calculate_loss(batch)
+    assert seen == [int(batch["item_length"].sum())] and torch.isfinite(loss)
+
+
+def test_causal_encoder_needs_sequence_samples():
+    table = parallel_table(L=4)
+    with pytest.raises(ValueError, match="train_sample_mode: windows"):
+        make_model(table, mdgr_history_encoder="causal")
+    with pytest.raises(ValueError, match="mdgr_history_encoder must be one of"):
+        make_model(table, mdgr_history_encoder="sideways")

@@ -55,6 +55,19 @@ def test_model_trains_evaluates_and_reloads_to_identical_metrics(tiny, model, ca
         net.load_state_dict(state)
 
 
+def test_mdgr_with_the_causal_encoder_trains_and_reloads_through_the_runner(tiny):
+    tmp, cfg = tiny
+    cfg = {**cfg, **TINY["MDGR"], "epochs": 2, "mdgr_history_encoder": "causal",
+           "train_sample_mode": "windows"}
+    result = run_recbole_mdgr("MDGR", "tiny", config_dict=cfg)
+    assert result["test_decode"]["invalid_sid_share"] == 0.0
+    (saved,) = [f for f in os.listdir(tmp / "saved") if f.startswith("MDGR-")]
+    config, net, _, _, _, test_data = load_data_and_model(str(tmp / "saved" / saved))
+    assert net.causal
+    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, net)
+    assert dict(trainer.evaluate(test_data, load_best_model=False)) == dict(result["test_result"])
+
+
 @pytest.mark.parametrize("model", sorted(TINY))
 def test_the_same_seed_gives_identical_metrics_and_another_seed_does_not(tiny, model):
     tmp, cfg = tiny

@@ -355,15 +355,20 @@ def length_buckets(lengths: torch.Tensor, n_buckets: int):
 
 
 def encode_by_length(
-    encoder: Transformer, x: torch.Tensor, lengths: torch.Tensor, n_buckets: int
+    encoder: Transformer, x: torch.Tensor, lengths: torch.Tensor, n_buckets: int,
+    causal: bool = False,
 ) -> torch.Tensor:
-    """Bidirectional ``encoder`` over left-aligned rows ``x`` (B, S, d) of ``lengths`` (B,).
+    """``encoder`` over left-aligned rows ``x`` (B, S, d) of ``lengths`` (B,): bidirectional,
+    or ``causal`` (position t sees positions <= t, so padding after a row never reaches its
+    real positions and needs no mask).
 
     Encoded in :func:`length_buckets` groups. Returns (B, S, d), zeros beyond each group's
-    cut; every position < ``lengths`` equals a plain ``encoder(x, key_mask)`` pass.
+    cut; every position < ``lengths`` equals a plain ``encoder(x, key_mask)`` pass (or
+    ``encoder(x, causal=True)``).
     """
     out = x.new_zeros(x.shape)
     for rows, key_mask in length_buckets(lengths, n_buckets):
         S = key_mask.shape[1]
-        out[rows, :S] = encoder(x[rows, :S], key_mask=key_mask)
+        out[rows, :S] = encoder(x[rows, :S], key_mask=None if causal else key_mask,
+                                causal=causal)
     return out

@@ -36,6 +36,7 @@ def decoding_schedule(n_slots: int, warmup: int, parallel: int) -> list[int]:
 
 
 DIFFICULTY_INPUTS = ("curriculum", "mask_share")
+HISTORY_ENCODERS = ("bidirectional", "causal")
 
 
 def mask_count_distribution(n_slots: int, delta: float, width: float,
@@ -73,6 +74,14 @@ class MDGR(GenerativeRecommender):
     and cross-attention to the history. Its input at slot ``j``: the committed code's token
     embedding or the mask embedding, plus a slot embedding and a **difficulty embedding** of
     ``delta`` (``mdgr_difficulty_bins`` bins). One head per slot over its own codebook.
+
+    ``mdgr_history_encoder: causal`` (with ``train_sample_mode: windows`` or ``sequence``)
+    trains every target of a sequence from one encoder pass, as SASRec does: the encoder is
+    causal, its positions count from the start of the window instead of back from the newest
+    item, and the target after history item ``j`` is decoded against the encoder states of
+    items ``0..j``, exactly the memory inference computes for that prefix. The default,
+    ``bidirectional``, encodes each sample's history on its own (one target per sample, the
+    ``prefix`` sample mode).
 
     Training (one sample per target, the prefix form): the curriculum turns training
     progress ``p`` (steps / ``mdgr_curriculum_epochs`` epochs of steps, capped at 1) into
@@ -117,6 +126,15 @@ class MDGR(GenerativeRecommender):
         if (config["mdgr_difficulty_input"] or "curriculum") not in DIFFICULTY_INPUTS:
             raise UserError(f"mdgr_difficulty_input must be one of {DIFFICULTY_INPUTS}, got "
                             f"{config['mdgr_difficulty_input']!r}")
+        encoder = config["mdgr_history_encoder"] or "bidirectional"
+        if encoder not in HISTORY_ENCODERS:
+            raise UserError(f"mdgr_history_encoder must be one of {HISTORY_ENCODERS}, got "
+                            f"{encoder!r}")
+        if encoder == "causal" and (config["train_sample_mode"] or "prefix") == "prefix":
+            raise UserError("mdgr_history_encoder: causal trains every target of a sequence "
+                            "in one pass; with train_sample_mode: prefix each target would "
+                            "be trained once per later sample. Set train_sample_mode: "
+                            "windows (every target once) or sequence")
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -133,6 +151,7 @@ class MDGR(GenerativeRecommender):
         optional = ConfigView(config)  # None if absent (plain-dict configs, older checkpoints)
         self.uniform_floor = optional["mdgr_uniform_floor"] or 0.0
         self.difficulty_input = optional["mdgr_difficulty_input"] or "curriculum"
+        self.causal = (optional["mdgr_history_encoder"] or "bidirectional") == "causal"
         self.difficulty_bins = config["mdgr_difficulty_bins"]
         self.history_aware = bool(config["mdgr_history_aware"])
         self.history_smoothing = config["mdgr_history_smoothing"]
@@ -165,17 +184,22 @@ class MDGR(GenerativeRecommender):
     # ------------------------------------------------------------------ networks
     def encode(self, item_seq_sid, item_seq_len):
         """History SIDs ``[B, L_max, m]`` -> memory ``[B, L, d]`` (one vector per item),
-        mask ``[B, L]``."""
+        mask ``[B, L]``. Positions: recency (0 = newest) for the bidirectional encoder,
+        the position in the window (0 = oldest) for the causal one, so that the state of
+        item ``j`` does not depend on how many items follow it."""
         L = int(item_seq_len.max())
         sid = item_seq_sid[:, :L]  # (B, L, m)
         real = sid >= 0
         tokens = torch.where(real, sid + self.token_offset, 0)
         items = self.token_embedding(tokens).sum(2) / real.sum(2, keepdim=True).clamp(min=1)
         steps = torch.arange(L, device=sid.device)
-        recency = (item_seq_len[:, None] - 1 - steps).clamp(min=0)
-        x = self.dropout(items + self.recency_embedding(recency))
+        if self.causal:
+            position = steps.expand(len(sid), L)
+        else:
+            position = (item_seq_len[:, None] - 1 - steps).clamp(min=0)
+        x = self.dropout(items + self.recency_embedding(position))
         memory = encode_by_length(self.train_module("encoder"), x, item_seq_len,
-                                  self.encoder_buckets)
+                                  self.encoder_buckets, causal=self.causal)
         return memory, real[:, :, 0]
 
     def decode(self, partial, memory, memory_mask, delta, cache=None):
@@ -236,13 +260,33 @@ class MDGR(GenerativeRecommender):
         return rank < k[:, None]
 
     # ------------------------------------------------------------------ training
+    @staticmethod
+    def every_target(history, length, target):
+        """Every target of each sequence as a row, for the causal encoder: history SIDs
+        ``[B, L, m]`` (left-aligned, ``length`` ``[B]`` real items) and the sample's target
+        ``[B, m]`` -> ``(user, visible, row_history, row_target)``: one row per history item
+        ``j`` (user-major, then ``j``), whose target is item ``j + 1`` (the sample's target
+        after the last), that sees history items ``0..j`` (``visible`` ``[N, L]`` bool;
+        ``row_history`` ``[N, L, m]`` with the others set to -1)."""
+        B, L, m = history.shape
+        steps = torch.arange(L, device=history.device)
+        following = torch.cat([history[:, 1:], history.new_full((B, 1, m), -1)], 1)
+        following[torch.arange(B, device=history.device), length - 1] = target
+        user, last = (steps < length[:, None]).nonzero(as_tuple=True)  # (N,), (N,)
+        visible = steps <= last[:, None]  # (N, L)
+        row_history = history[user].masked_fill(~visible[..., None], -1)
+        return user, visible, row_history, following[user, last]
+
     def calculate_loss(self, interaction):
-        history = interaction[self.ITEM_SEQ_SID]
         length = interaction[self.ITEM_SEQ_LEN]
+        history = interaction[self.ITEM_SEQ_SID][:, :int(length.max())]
         target = interaction[self.POS_ITEM_SID]  # (B, m)
         delta = self.difficulty(self.progress())
-        mask = self.sample_mask(history, target, delta)
         memory, memory_mask = self.encode(history, length)
+        if self.causal:  # every target of the sequence, from this one encoder pass
+            user, memory_mask, history, target = self.every_target(history, length, target)
+            memory = memory[user]
+        mask = self.sample_mask(history, target, delta)
         logits = self.decode(target.masked_fill(mask, -1), memory, memory_mask, delta)
         if self.training:
             self.train_steps += 1
