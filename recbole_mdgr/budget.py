@@ -209,7 +209,9 @@ class TimeBudgetMixin:
                 self._save_resume_state(train_data, epoch_idx, minutes, curve)
             if callback_fn is not None:
                 callback_fn(epoch_idx, valid_score)
-            if self._budget_passed(minutes, budget):
+            # a validation that ends both ways is early stopping's: RecBole stops after it
+            converged = self.cur_step > self.stopping_step
+            if self._budget_passed(minutes, budget) and not converged:
                 raise _BudgetReached
 
         stopped_by = None

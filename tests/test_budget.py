@@ -168,3 +168,21 @@ def test_a_schedule_without_a_budget_or_unknown_is_refused(tiny, extra, message)
     with pytest.raises(ValueError, match=message):
         run_recbole_mdgr("SASRec", "tiny",
                          config_dict={**cfg, "lr_schedule": "budget_linear", **extra})
+
+
+def test_a_validation_that_ends_both_ways_is_reported_as_early_stopping(tiny):
+    """Validation 1 is both the first past the budget and the one that exhausts patience:
+    the model converged, so the summary says early_stopping."""
+    from recbole_mdgr.config import Config
+    from recbole_mdgr.quick_start import _build
+
+    tmp, cfg = tiny
+    config = Config("SASRec", "tiny", config_dict={**cfg, "epochs": 10, "stopping_step": 0,
+                                                   "train_time_budget": 60})
+    _, train_data, valid_data, _, _, trainer = _build(config)
+    scores, passed = [0.5, 0.4, 0.9], [False, True, True]
+    trainer._valid_epoch = lambda *args, **kwargs: (scores.pop(0), {"ndcg@10": 0.0})
+    trainer._budget_passed = lambda minutes, budget: passed.pop(0)
+    trainer.fit(train_data, valid_data, saved=False)
+    summary = trainer.training_summary
+    assert summary["stopped_by"] == "early_stopping" and summary["epochs"] == 2
