@@ -107,6 +107,10 @@ class TimeBudgetMixin:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return float(flag.item())
 
+    def _out_of_patience(self) -> bool:
+        """RecBole's early-stopping condition after the latest validation."""
+        return self.cur_step > self.stopping_step
+
     def _budget_passed(self, minutes: float, budget) -> bool:
         return bool(self._agreed(float(budget is not None and minutes >= budget)))
 
@@ -210,8 +214,7 @@ class TimeBudgetMixin:
             if callback_fn is not None:
                 callback_fn(epoch_idx, valid_score)
             # a validation that ends both ways is early stopping's: RecBole stops after it
-            converged = self.cur_step > self.stopping_step
-            if self._budget_passed(minutes, budget) and not converged:
+            if self._budget_passed(minutes, budget) and not self._out_of_patience():
                 raise _BudgetReached
 
         stopped_by = None
@@ -226,7 +229,7 @@ class TimeBudgetMixin:
                                  f"after epoch {curve[-1]['epoch']} ({curve[-1]['minutes']:.1f} "
                                  "min); testing the best checkpoint so far")
         if stopped_by is None:
-            stopped_by = ("early_stopping" if self.cur_step > self.stopping_step
+            stopped_by = ("early_stopping" if self._out_of_patience()
                           else "max_epochs")
         if self._writes_files() and os.path.isfile(self._resume_path()):
             os.remove(self._resume_path())  # a finished fit has nothing to resume
