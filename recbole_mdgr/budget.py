@@ -19,9 +19,10 @@ from there, so it ends with the metrics an uninterrupted run with the same seed 
 The best checkpoint keeps its file name and keeps being updated.
 
 ``lr_schedule: budget_linear`` (needs ``train_time_budget``) lowers the learning rate
-linearly from ``learning_rate`` to 0 over the steps the budget allows: at the start of every
-epoch the total is extrapolated from the steps taken and the minutes spent so far
-(validations included), so it is set by the pace of the run, not by an epoch count that a
+linearly from ``learning_rate`` to 0 over the steps ``fit`` will take: at the start of every
+epoch the steps the budget allows are extrapolated from the steps taken and the minutes
+spent so far (validations included) and rounded up to the end of the validation cycle that
+crosses the budget, so the total is set by the pace of the run, not by an epoch count that a
 time-budgeted run never reaches. Runs with it are reproducible only as far as their pace is:
 the same seed on a slower machine sees a different schedule. Each validation in
 ``valid_curve`` then also records the learning rate of the last step.
@@ -29,6 +30,7 @@ the same seed on a slower machine sees a different schedule. Each validation in
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from time import perf_counter
@@ -44,12 +46,14 @@ from recbole_mdgr.errors import UserError
 LR_SCHEDULES = ("budget_linear",)
 
 
-def planned_steps(steps_done: int, minutes: float, budget: float) -> float:
-    """Training steps ``budget`` minutes allow at the pace of ``steps_done`` steps in
-    ``minutes`` (validations included); infinite before any step has been timed."""
+def planned_steps(steps_done: int, minutes: float, budget: float, cycle: int = 1) -> float:
+    """Training steps ``fit`` takes at the pace of ``steps_done`` steps in ``minutes``
+    (validations included): those ``budget`` minutes allow, rounded up to a whole number of
+    validation cycles of ``cycle`` steps, since ``fit`` runs on to the first validation past
+    the budget. Infinite before any step has been timed."""
     if steps_done == 0 or minutes <= 0:
         return float("inf")
-    return steps_done * budget / minutes
+    return math.ceil(steps_done * budget / minutes / cycle) * cycle
 
 
 def budget_linear_factor(step: int, planned: float) -> float:
@@ -76,7 +80,8 @@ class TimeBudgetMixin:
         if getattr(self, "_lr_schedule", None):
             minutes = self._agreed((perf_counter() - self._fit_start) / 60)
             self._planned_steps = planned_steps(self._steps_done, minutes,
-                                                self.config["train_time_budget"])
+                                                self.config["train_time_budget"],
+                                                max(1, len(train_data) * self.eval_step))
         return super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
 
     def _check_nan(self, loss):

@@ -26,6 +26,15 @@ class UserError(ValueError):
     """Input the user can fix: a file, a field or a config key, and what to do about it."""
 
 
+def check_choice(key: str, value, choices: tuple, default=None):
+    """``value`` of config key ``key`` (``~`` = ``default``) if it is one of ``choices``;
+    otherwise a UserError that names the key and lists them."""
+    value = default if value is None else value
+    if value not in choices:
+        raise UserError(f"{key} must be one of {choices}, got {value!r}")
+    return value
+
+
 def check_positive_int(key: str, value, none: str | None = None) -> None:
     """Refuse ``value`` for config key ``key`` unless it is an integer >= 1 (a bool is not).
     ``none``, when given, says what ``~`` means for this key, and ``~`` is then accepted."""

@@ -124,6 +124,10 @@ def test_budget_linear_schedule_by_hand():
     from recbole_mdgr.budget import budget_linear_factor, planned_steps
 
     assert planned_steps(100, 10.0, 90) == 900  # 10 steps a minute for 90 minutes
+    # fit runs on to the first validation past the budget: a cycle of 2 epochs of 70 steps
+    # ends at step 980, the first multiple of 140 at or past 900
+    assert planned_steps(100, 10.0, 90, cycle=140) == 980
+    assert planned_steps(100, 10.0, 90, cycle=300) == 900
     assert planned_steps(0, 0.0, 90) == float("inf")  # nothing timed yet: no decay
     assert [budget_linear_factor(s, 900) for s in (0, 450, 899, 900, 2000)] == pytest.approx(
         [1.0, 0.5, 1 / 900, 0.0, 0.0])

@@ -26,7 +26,7 @@ def make_config(**overrides):
         "n_layers": 2, "hidden_size": 32, "n_heads": 2, "head_dim": 16, "inner_size": 64,
         "hidden_act": "relu", "dropout_prob": 0.0, "attn_dropout_prob": 0.0,
         "ffn_dropout_prob": 0.0, "initializer_range": 0.2, "encoder_buckets": 2,
-        "madrec_min_t": 0.001, "madrec_last_item_mask_prob": 0.0, "madrec_order": "greedy",
+        "madrec_min_t": 0.001, "madrec_t_sampling": "uniform", "madrec_last_item_mask_prob": 0.0, "madrec_order": "greedy",
         "madrec_nfe": None, "beam_size": 10, "sid_constrained": True, "seed": 0,
         "madrec_attention": "full",
     }
@@ -86,8 +86,54 @@ def test_mask_rate_follows_t_and_last_item_pattern():
     assert float(torch.corrcoef(torch.stack([share, t]))[0, 1]) > 0.9
     model.last_item_mask_prob = 1.0
     mask, t = model.sample_mask(real, n_items, gen)
-    assert (t == 1).all()
+    assert (t == 0.25).all()  # its masked share: 1 item of 4
     assert mask[:, 9:].all() and not mask[:, :9].any()  # item 4 of 4 = tokens 9..11
+
+
+def test_stratified_t_puts_one_sequence_in_each_stratum():
+    table = make_table(n_real=30, sizes=(4, 4))
+    model = make_model(table, madrec_t_sampling="stratified")
+    real = torch.ones(64, 12, dtype=torch.bool)
+    n_items = torch.full((64,), 4)
+    gen = torch.Generator().manual_seed(0)
+    means = []
+    for _ in range(200):
+        _, t = model.sample_mask(real, n_items, gen)
+        strata = torch.div(t.clamp(max=1 - 1e-9) * 64, 1, rounding_mode="floor").long()
+        assert sorted(strata.tolist()) == list(range(64))
+        means.append(float(t.mean()))
+    # each t is uniform, so the batch mean is 0.5 up to the shift's 1/B: far less spread
+    # than 64 independent draws give (std 0.036)
+    assert max(abs(m - 0.5) for m in means) <= 0.5 / 64 + 1e-4  # + the floor's nudge
+    model.stratified_t = False
+    _, t = model.sample_mask(real, n_items, gen)
+    assert len(set(torch.div(t * 64, 1, rounding_mode="floor").long().tolist())) < 64
+
+
+def test_last_item_sequences_weigh_as_much_as_random_t_ones():
+    # With uniform heads every token's CE is log(V_slot), so a sequence's expected loss
+    # is the mean of log(V_slot) over its real tokens whichever way it is masked; a
+    # last-item sequence weighted 1 per token would weigh n_items times less.
+    table = make_table(n_real=30, sizes=(4, 4))  # m = 3
+    model = make_model(table)
+    for head in model.heads:
+        torch.nn.init.zeros_(head.weight), torch.nn.init.zeros_(head.bias)
+    B = 4000
+    batch = make_batch(table, B=B)
+    length = batch["item_length"]
+    codes = model.sequence_codes(batch["item_id_list_sid"], length, batch["item_id_sid"])
+    real = codes.flatten(1) >= 0
+    ce = torch.tensor([float(np.log(v)) for v in model.sid_vocab_sizes])
+    want = float(ce.mean())
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        mask, t = model.sample_mask(real, length + 1, gen)
+        uniform = model.masked_loss(codes, mask, t, length + 1).item()
+        model.last_item_mask_prob = 1.0
+        mask, t = model.sample_mask(real, length + 1, gen)
+        last_item = model.masked_loss(codes, mask, t, length + 1).item()
+    assert last_item == pytest.approx(want, rel=1e-5)  # exact: every sequence the same
+    assert uniform == pytest.approx(want, rel=0.1)  # in expectation over t
 
 
 # ---------------------------------------------------------------------------- decoding

@@ -9,7 +9,7 @@ from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import set_color
 
 from recbole_mdgr.distributed import rank0_first
-from recbole_mdgr.errors import UserError, check_positive_int
+from recbole_mdgr.errors import UserError, check_choice, check_positive_int
 
 SID_SUFFIX = "_sid"
 TRAIN_SAMPLE_MODES = ("prefix", "sequence", "windows")
@@ -48,10 +48,7 @@ class ValidSampledSequentialDataset(SequentialDataset):
 
 def check_sample_mode(mode: str | None) -> str:
     """``train_sample_mode`` (``~`` = prefix), refused by name when unknown."""
-    mode = mode or "prefix"
-    if mode not in TRAIN_SAMPLE_MODES:
-        raise UserError(f"train_sample_mode must be one of {TRAIN_SAMPLE_MODES}, got {mode!r}")
-    return mode
+    return check_choice("train_sample_mode", mode, TRAIN_SAMPLE_MODES, "prefix")
 
 
 class SIDSequentialDataset(SequentialDataset):

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mdgr.errors import UserError, check_positive_int
+from recbole_mdgr.errors import UserError, check_choice, check_positive_int
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     UNMASK_ORDERS,
@@ -31,6 +31,7 @@ from recbole_mdgr.model.layers import Dropout, KVCache, length_buckets
 
 
 ATTENTION_MODES = ("full", "cached")
+T_SAMPLINGS = ("uniform", "stratified")
 
 
 class MADRec(GenerativeRecommender):
@@ -53,7 +54,9 @@ class MADRec(GenerativeRecommender):
     divided by the number of real tokens in the batch (the per-token ELBO; MaskGR divides by
     the summed weights instead, the same estimate up to batch noise). With probability
     ``madrec_last_item_mask_prob`` a sequence instead gets exactly its last item's ``m``
-    tokens masked (the pattern inference sees), with weight 1 per token.
+    tokens masked (the pattern inference sees), with ``t`` its masked share ``1 / n_items``:
+    its ``m`` tokens then weigh as much as a random-``t`` sequence's masked tokens do on
+    average (``n_items * m`` CE terms), not ``n_items`` times less.
 
     Inference: the history plus ``m`` mask tokens; :func:`masked_beam_search` commits slots
     in ``madrec_order`` (``greedy``: margin of top-1 over top-2 probability; the paper's
@@ -71,24 +74,19 @@ class MADRec(GenerativeRecommender):
     @classmethod
     def check_config(cls, config) -> None:
         super().check_config(config)
-        if config["madrec_order"] not in UNMASK_ORDERS:
-            raise UserError(f"madrec_order must be one of {UNMASK_ORDERS}, got "
-                            f"{config['madrec_order']!r}")
+        check_choice("madrec_order", config["madrec_order"], UNMASK_ORDERS)
         if not 0.0 < config["madrec_min_t"] <= 1.0:
             raise UserError(f"madrec_min_t must be in (0, 1], got {config['madrec_min_t']}")
+        check_choice("madrec_t_sampling", config["madrec_t_sampling"], T_SAMPLINGS, "uniform")
         if not 0.0 <= config["madrec_last_item_mask_prob"] <= 1.0:
             raise UserError("madrec_last_item_mask_prob must be in [0, 1], got "
                             f"{config['madrec_last_item_mask_prob']}")
         next_k = config["next_k"] or 1
         check_positive_int("madrec_next_k_nfe", config["madrec_next_k_nfe"],
                            none="next_k x madrec_nfe")
-        if (config["madrec_attention"] or "full") not in ATTENTION_MODES:
-            raise UserError(f"madrec_attention must be one of {ATTENTION_MODES}, "
-                            f"got {config['madrec_attention']!r}")
-        retrieval = config["madrec_retrieval"] or "generative"
-        if retrieval not in RETRIEVAL_MODES:
-            raise UserError(f"madrec_retrieval must be one of {RETRIEVAL_MODES}, "
-                            f"got {retrieval!r}")
+        check_choice("madrec_attention", config["madrec_attention"], ATTENTION_MODES, "full")
+        retrieval = check_choice("madrec_retrieval", config["madrec_retrieval"], RETRIEVAL_MODES,
+                                 "generative")
         if retrieval != "generative" and next_k > 1:
             raise UserError(f"madrec_retrieval: {retrieval} predicts one item; with next_k = "
                             f"{next_k} use madrec_retrieval: generative")
@@ -115,6 +113,7 @@ class MADRec(GenerativeRecommender):
         self.read_stack_config(config)
         self.n_layers = config["n_layers"]
         self.min_t = config["madrec_min_t"]
+        self.stratified_t = (config["madrec_t_sampling"] or "uniform") == "stratified"
         self.last_item_mask_prob = config["madrec_last_item_mask_prob"]
         self.order = config["madrec_order"]
         nfe = config["madrec_nfe"] or self.sid_len
@@ -245,16 +244,25 @@ class MADRec(GenerativeRecommender):
             real: ``[B, S]`` bool, real tokens. n_items: ``[B]`` items per sequence.
 
         Returns:
-            (mask ``[B, S]`` bool, t ``[B]``): ``t ~ U(0, 1)`` floored at ``madrec_min_t``,
-            each real token masked with probability ``t``; a sequence picked with probability
-            ``madrec_last_item_mask_prob`` has exactly its last item masked and ``t = 1``.
+            (mask ``[B, S]`` bool, t ``[B]``): ``t ~ U(0, 1)`` floored at ``madrec_min_t``
+            (``madrec_t_sampling: stratified``: one ``t`` in each of the ``B`` strata
+            ``[i / B, (i + 1) / B)``, a random shift of the grid, as MDLM's low-discrepancy
+            sampler: each ``t`` is still uniform, the batch's spread of ``t`` no longer
+            random), each real token masked with probability ``t``; a sequence picked with probability
+            ``madrec_last_item_mask_prob`` has exactly its last item masked and ``t`` its
+            masked share, ``1 / n_items``.
             With ``madrec_dense``, a sequence picked with probability ``madrec_dense_beta``
             masks whole items instead of tokens: each item's ``m`` tokens together, with
             probability ``t`` (paper §3.3).
         """
         B, S = real.shape
         device = real.device
-        t = torch.rand(B, device=device, generator=generator).clamp(min=self.min_t)
+        if self.stratified_t:
+            shift = torch.rand(1, device=device, generator=generator)
+            t = (shift + torch.arange(B, device=device) / B) % 1.0
+        else:
+            t = torch.rand(B, device=device, generator=generator)
+        t = t.clamp(min=self.min_t)
         mask = (torch.rand(B, S, device=device, generator=generator) < t[:, None]) & real
         if self.dense:
             whole = torch.rand(B, device=device, generator=generator) < self.dense_beta
@@ -266,7 +274,7 @@ class MADRec(GenerativeRecommender):
             slot = torch.arange(S, device=device) // self.sid_len
             last_item = (slot[None, :] == (n_items - 1)[:, None]) & real
             mask = torch.where(last[:, None], last_item, mask)
-            t = torch.where(last, torch.ones_like(t), t)
+            t = torch.where(last, 1.0 / n_items.to(t.dtype), t)
         return mask, t
 
     def masked_loss(self, codes, mask, t, n_items, items=None):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mdgr.errors import UserError
+from recbole_mdgr.errors import UserError, check_choice
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import finish_beams, masked_beam_search
 from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length
@@ -123,13 +123,10 @@ class MDGR(GenerativeRecommender):
         if not (0.0 <= uniform and uniform + config["mdgr_full_mask_floor"] <= 1.0):
             raise UserError("mdgr_uniform_floor must be >= 0 and, with mdgr_full_mask_floor, "
                             f"at most 1; got {uniform} and {config['mdgr_full_mask_floor']}")
-        if (config["mdgr_difficulty_input"] or "curriculum") not in DIFFICULTY_INPUTS:
-            raise UserError(f"mdgr_difficulty_input must be one of {DIFFICULTY_INPUTS}, got "
-                            f"{config['mdgr_difficulty_input']!r}")
-        encoder = config["mdgr_history_encoder"] or "bidirectional"
-        if encoder not in HISTORY_ENCODERS:
-            raise UserError(f"mdgr_history_encoder must be one of {HISTORY_ENCODERS}, got "
-                            f"{encoder!r}")
+        check_choice("mdgr_difficulty_input", config["mdgr_difficulty_input"], DIFFICULTY_INPUTS,
+                     "curriculum")
+        encoder = check_choice("mdgr_history_encoder", config["mdgr_history_encoder"],
+                               HISTORY_ENCODERS, "bidirectional")
         if encoder == "causal" and (config["train_sample_mode"] or "prefix") == "prefix":
             raise UserError("mdgr_history_encoder: causal trains every target of a sequence "
                             "in one pass; with train_sample_mode: prefix each target would "

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mdgr.errors import UserError
+from recbole_mdgr.errors import check_choice
 from recbole_mdgr.model.base import GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     NEG_INF,
@@ -48,10 +48,7 @@ class TIGER(GenerativeRecommender):
     @classmethod
     def check_config(cls, config) -> None:
         super().check_config(config)
-        if config["tiger_decode"] not in DECODE_MODES:
-            raise UserError(
-                f"tiger_decode must be one of {DECODE_MODES}, got {config['tiger_decode']!r}"
-            )
+        check_choice("tiger_decode", config["tiger_decode"], DECODE_MODES)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -19,14 +19,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from recbole_mdgr.errors import UserError
+from recbole_mdgr.errors import UserError, check_choice
 
 DEDUP_MODES = ("auto", "always", "none")
 
 
 def check_dedup_mode(mode: str) -> None:
-    if mode not in DEDUP_MODES:
-        raise UserError(f"sid_dedup must be one of {DEDUP_MODES}, got {mode!r}")
+    check_choice("sid_dedup", mode, DEDUP_MODES)
 
 
 INDEX_CACHE_MB = 2048.0  # default bound of a table's constraint indexes (see SIDTable)
