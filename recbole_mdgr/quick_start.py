@@ -72,6 +72,9 @@ def _log_flops(model, dataset, config, logger) -> None:
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
 
+SID_SUMMARY = ("source", "quantizer", "collision_rate", "max_collision_group")
+
+
 def run_recbole_mdgr(
     model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None
 ) -> dict:
@@ -148,6 +151,9 @@ def run_recbole_mdgr(
             f"{k}={v}" for k, v in result["training"].items() if k != "valid_curve"))
     if getattr(trainer, "decode_summary", None):
         result["test_decode"] = dict(trainer.decode_summary)
+    table = getattr(dataset, "sid_table", None)
+    if table is not None:  # which vectors and quantizer the SIDs came from, and how unique
+        result["sid"] = {k: table.stats.get(k) for k in SID_SUMMARY}
     if not config["single_spec"]:
         dist.destroy_process_group()
     if config["local_rank"] == 0 and queue is not None:

@@ -261,3 +261,26 @@ def test_causal_encoder_needs_sequence_samples():
         make_model(table, mdgr_history_encoder="causal")
     with pytest.raises(ValueError, match="mdgr_history_encoder must be one of"):
         make_model(table, mdgr_history_encoder="sideways")
+
+
+# ---------------------------------------------------------------------------- item-id input
+def test_history_item_ids_tell_apart_items_whose_sids_collide():
+    """Same history SIDs, different item ids: the same memory without the option, a
+    different one with it; the embedding is trained and saved with the model."""
+    table = parallel_table(L=4)
+    batch = make_batch(table, B=4)
+    other = batch["item_id_list"].clone()
+    real = other > 0
+    other[real] = other[real] % (table.n_items - 1) + 1  # other ids, SIDs kept below
+    for on in (False, True):
+        model = make_model(table, mdgr_history_item_ids=on)
+        sid, length = batch["item_id_list_sid"], batch["item_length"]
+        a, mask = model.encode(sid, length, batch["item_id_list"])
+        b, _ = model.encode(sid, length, other)
+        assert torch.equal(a[mask], b[mask]) != on
+        assert ("item_embedding.weight" in model.state_dict()) == on
+    model.train()
+    model.calculate_loss(batch).backward()
+    used = batch["item_id_list"][real].unique()
+    assert model.item_embedding.weight.grad[used].abs().sum(1).gt(0).all()
+    assert model.item_embedding.weight.grad[0].abs().sum() == 0  # padding

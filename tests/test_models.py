@@ -39,6 +39,10 @@ def test_model_trains_evaluates_and_reloads_to_identical_metrics(tiny, model, ca
     training = result["training"]
     assert training["epochs"] == 2 and training["stopped_by"] == "max_epochs"
     assert [p["epoch"] for p in training["valid_curve"]] == [0, 1]
+    sid = result["sid"]  # TF-IDF under `auto` without recbole-mdgr[text] (conftest)
+    assert sid["source"] == "text:tfidf"
+    assert sid["quantizer"] == ("opq" if model == "MDGR" else "rq_kmeans")
+    assert 0.0 <= sid["collision_rate"] <= 1.0 and sid["max_collision_group"] >= 1
 
     saved = [f for f in os.listdir(tmp / "saved") if f.startswith(f"{model}-")]
     assert len(saved) == 1

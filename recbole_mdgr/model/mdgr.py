@@ -66,7 +66,10 @@ class MDGR(GenerativeRecommender):
 
     History encoder (``n_layers_enc``, bidirectional): one vector per history item, the
     **mean of its slots' token embeddings** (each slot its own vocabulary) plus a learned
-    recency embedding (0 = newest item); padding items cost no compute (length buckets). It
+    recency embedding (0 = newest item); padding items cost no compute (length buckets).
+    ``mdgr_history_item_ids`` (ours, off by default) adds a learned item-ID embedding to
+    that vector, as SASRec's input is: items whose SIDs collide, or share most codes, are
+    then told apart on the input side (the output side stays SIDs only). It
     runs once per user per ``generate`` call; every decoding step reuses its output through
     cross-attention, whose keys/values are computed once and shared by the user's beams.
 
@@ -149,6 +152,7 @@ class MDGR(GenerativeRecommender):
         self.uniform_floor = optional["mdgr_uniform_floor"] or 0.0
         self.difficulty_input = optional["mdgr_difficulty_input"] or "curriculum"
         self.causal = (optional["mdgr_history_encoder"] or "bidirectional") == "causal"
+        self.history_item_ids = bool(optional["mdgr_history_item_ids"])
         self.difficulty_bins = config["mdgr_difficulty_bins"]
         self.history_aware = bool(config["mdgr_history_aware"])
         self.history_smoothing = config["mdgr_history_smoothing"]
@@ -166,6 +170,8 @@ class MDGR(GenerativeRecommender):
         self.mask_token = sum(self.sid_vocab_sizes) + 1
         self.token_embedding = nn.Embedding(self.mask_token + 1, d, padding_idx=0)
         self.recency_embedding = nn.Embedding(self.max_seq_length, d)
+        self.item_embedding = (nn.Embedding(self.n_items, d, padding_idx=0)
+                               if self.history_item_ids else None)
         self.slot_embedding = nn.Embedding(m, d)
         self.difficulty_embedding = nn.Embedding(self.difficulty_bins + 1, d)
         self.encoder = self.transformer(self.n_layers_enc)
@@ -179,16 +185,20 @@ class MDGR(GenerativeRecommender):
         self.apply(self._init_weights)
 
     # ------------------------------------------------------------------ networks
-    def encode(self, item_seq_sid, item_seq_len):
+    def encode(self, item_seq_sid, item_seq_len, item_seq=None):
         """History SIDs ``[B, L_max, m]`` -> memory ``[B, L, d]`` (one vector per item),
         mask ``[B, L]``. Positions: recency (0 = newest) for the bidirectional encoder,
         the position in the window (0 = oldest) for the causal one, so that the state of
-        item ``j`` does not depend on how many items follow it."""
+        item ``j`` does not depend on how many items follow it. With
+        ``mdgr_history_item_ids`` the history item ids ``item_seq`` ``[B, L_max]`` add
+        their own embedding to each item's vector."""
         L = int(item_seq_len.max())
         sid = item_seq_sid[:, :L]  # (B, L, m)
         real = sid >= 0
         tokens = torch.where(real, sid + self.token_offset, 0)
         items = self.token_embedding(tokens).sum(2) / real.sum(2, keepdim=True).clamp(min=1)
+        if self.item_embedding is not None:
+            items = items + self.item_embedding(item_seq[:, :L])
         steps = torch.arange(L, device=sid.device)
         if self.causal:
             position = steps.expand(len(sid), L)
@@ -279,7 +289,7 @@ class MDGR(GenerativeRecommender):
         history = interaction[self.ITEM_SEQ_SID][:, :int(length.max())]
         target = interaction[self.POS_ITEM_SID]  # (B, m)
         delta = self.difficulty(self.progress())
-        memory, memory_mask = self.encode(history, length)
+        memory, memory_mask = self.encode(history, length, interaction[self.ITEM_SEQ])
         if self.causal:  # every target of the sequence, from this one encoder pass
             user, memory_mask, history, target = self.every_target(history, length, target)
             memory = memory[user]
@@ -293,7 +303,8 @@ class MDGR(GenerativeRecommender):
     @torch.no_grad()
     def generate(self, interaction, k):
         memory, memory_mask = self.encode(interaction[self.ITEM_SEQ_SID],
-                                          interaction[self.ITEM_SEQ_LEN])
+                                          interaction[self.ITEM_SEQ_LEN],
+                                          interaction[self.ITEM_SEQ])
         B = memory.shape[0]
         cache = KVCache(self.n_layers_dec)  # the memory's keys/values, once per call
         cache.freeze()  # the slots' own keys/values are recomputed at every step
