@@ -62,6 +62,24 @@ def budget_linear_factor(step: int, planned: float) -> float:
     return max(0.0, 1.0 - step / planned)
 
 
+def check_budget_keys(config) -> None:
+    """A clear error for a bad ``train_time_budget`` or ``lr_schedule``. ``Config`` calls it
+    when the configuration is read, before any data or model is built; ``fit`` again, for a
+    trainer given a config changed after that."""
+    budget = config["train_time_budget"]
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not budget > 0):
+        raise UserError(f"train_time_budget must be a positive number of minutes or ~, "
+                        f"got {budget!r}")
+    schedule = config["lr_schedule"]
+    if schedule is not None:
+        if schedule not in LR_SCHEDULES:
+            raise UserError(f"lr_schedule must be ~ or one of {LR_SCHEDULES}, got {schedule!r}")
+        if budget is None:
+            raise UserError(f"lr_schedule: {schedule} decays over train_time_budget: set a "
+                            "budget (minutes) or lr_schedule: ~")
+
+
 class _BudgetReached(Exception):
     """Raised from RecBole's per-validation callback to leave its epoch loop."""
 
@@ -184,18 +202,9 @@ class TimeBudgetMixin:
     # ------------------------------------------------------------------ fit
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False,
             callback_fn=None):
+        check_budget_keys(self.config)
         budget = self.config["train_time_budget"]
-        if budget is not None and not budget > 0:
-            raise UserError(f"train_time_budget must be a positive number of minutes or ~, "
-                             f"got {budget!r}")
         self._lr_schedule = self.config["lr_schedule"]
-        if self._lr_schedule is not None:
-            if self._lr_schedule not in LR_SCHEDULES:
-                raise UserError(f"lr_schedule must be ~ or one of {LR_SCHEDULES}, got "
-                                f"{self._lr_schedule!r}")
-            if budget is None:
-                raise UserError(f"lr_schedule: {self._lr_schedule} decays over "
-                                "train_time_budget: set a budget (minutes) or lr_schedule: ~")
         self._epochs_trained, self._steps_done = 0, 0
         curve = []
         start = perf_counter()

@@ -144,10 +144,11 @@ def test_budget_linear_decays_every_step_over_the_steps_the_budget_allows(tiny, 
 
     tmp, cfg = tiny
     config = Config("SASRec", "tiny", config_dict={
-        **cfg, "epochs": 10, "learning_rate": 0.01, "lr_schedule": "budget_linear"})
+        **cfg, "epochs": 10, "learning_rate": 0.01, "lr_schedule": "budget_linear",
+        "train_time_budget": 1})
     _, train_data, valid_data, _, _, trainer = _build(config)
     n = len(train_data)
-    config["train_time_budget"] = 3 * n
+    config["train_time_budget"] = 3 * n  # known once the data is built
     monkeypatch.setattr(budget, "perf_counter", lambda: 60.0 * getattr(trainer, "_steps_done", 0))
     rates = []
     step = trainer.optimizer.step
@@ -172,6 +173,22 @@ def test_a_schedule_without_a_budget_or_unknown_is_refused(tiny, extra, message)
     with pytest.raises(ValueError, match=message):
         run_recbole_mdgr("SASRec", "tiny",
                          config_dict={**cfg, "lr_schedule": "budget_linear", **extra})
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"train_time_budget": -1}, "train_time_budget must be a positive number of minutes"),
+    ({"train_time_budget": "15 min"}, "train_time_budget must be a positive number of minutes"),
+    ({"train_time_budget": True}, "train_time_budget must be a positive number of minutes"),
+    ({"lr_schedule": "budget_linear"}, "lr_schedule: budget_linear decays over"),
+    ({"train_time_budget": 5, "lr_schedule": "cosine"}, "lr_schedule must be ~ or one of"),
+])
+def test_bad_budget_keys_are_refused_when_the_config_is_read(tiny, extra, message):
+    """By ``Config`` itself, before any dataset is built: a typo costs no data loading."""
+    from recbole_mdgr.config import Config
+
+    tmp, cfg = tiny
+    with pytest.raises(ValueError, match=message):
+        Config("SASRec", "tiny", config_dict={**cfg, **extra})
 
 
 def test_a_validation_that_ends_both_ways_is_reported_as_early_stopping(tiny):
