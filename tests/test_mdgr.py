@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recbole_mdgr.model.mdgr import MDGR, decoding_schedule, mask_count_distribution
 from recbole_mdgr.tokenizer.sid_table import build_table
@@ -284,3 +285,48 @@ def test_history_item_ids_tell_apart_items_whose_sids_collide():
     used = batch["item_id_list"][real].unique()
     assert model.item_embedding.weight.grad[used].abs().sum(1).gt(0).all()
     assert model.item_embedding.weight.grad[0].abs().sum() == 0  # padding
+
+
+# ---------------------------------------------------------------------------- mask probe
+def test_probe_masks_exactly_k_uniform_slots_and_names_decoding_states():
+    from recbole_mdgr.mask_probe import decoding_states, random_masks
+
+    gen = torch.Generator().manual_seed(0)
+    masks = random_masks(9000, 9, 3, gen)
+    assert torch.equal(masks.sum(1), torch.full((9000,), 3))
+    assert masks.float().mean(0).sub(1 / 3).abs().max() < 0.02  # every slot alike
+    assert decoding_states([1, 1, 1, 1, 2, 2, 1], 9) == [9, 8, 7, 6, 5, 3, 1]
+    assert decoding_states(decoding_schedule(8, 4, 2), 8) == [8, 7, 6, 5, 4, 2]
+
+
+@pytest.mark.parametrize("oracle", [True, False])
+def test_probe_scores_only_the_masked_slots_against_the_target(oracle):
+    """A decoder that reads the answer off its input (the revealed slots equal the target)
+    and is right, or wrong, on every masked slot: accuracy 1 or 0, per k, over k slots a row."""
+    from recbole_mdgr.mask_probe import masked_slot_accuracy, training_shares
+
+    table = parallel_table(L=4)
+    model = make_model(table)
+    batch = make_batch(table, B=6)
+    target = batch["item_id_sid"]
+    V = max(model.sid_vocab_sizes)
+    seen = []
+
+    def decode(partial, memory, memory_mask, delta):
+        seen.append(partial.clone())
+        assert delta == 1.0 and memory.shape[0] == len(partial)
+        revealed = partial >= 0
+        assert torch.equal(partial[revealed], target[revealed])
+        answer = target if oracle else (target + 1) % V
+        return F.one_hot(answer, V).float() * 50.0
+
+    model.decode = decode
+    rows = masked_slot_accuracy(model, [batch])
+    assert [r["k"] for r in rows] == [1, 2, 3, 4]
+    assert [r["slots"] for r in rows] == [6 * k for k in (1, 2, 3, 4)]
+    assert [int((p < 0).sum(1).unique()) for p in seen] == [1, 2, 3, 4]
+    for row in rows:
+        assert row["accuracy"] == (1.0 if oracle else 0.0)
+        assert (row["cross_entropy"] < 1e-6) == oracle
+    shares = training_shares(model)
+    assert float(shares.sum()) == pytest.approx(1.0) and int(shares.argmax()) == 3
