@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mdgr.errors import UserError, reported_as_errors
-from recbole_mdgr.model.mdgr import MDGR, mask_count_distribution
+from recbole_mdgr.model.mdgr import MDGR
 
 
 def random_masks(n: int, m: int, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -36,15 +36,6 @@ def decoding_states(schedule: list[int], m: int) -> list[int]:
         states.append(masked)
         masked -= committed
     return states
-
-
-def training_shares(model: MDGR) -> torch.Tensor:
-    """``[m]``: the share of training samples with k = 1..m masked slots at the end of the
-    curriculum (delta = 1), or uniform when it is switched off."""
-    if not model.curriculum:
-        return torch.full((model.sid_len,), 1.0 / model.sid_len, dtype=torch.float64)
-    return mask_count_distribution(model.sid_len, model.difficulty(1.0), model.curriculum_width,
-                                   model.full_mask_floor, model.uniform_floor)
 
 
 @torch.no_grad()
@@ -84,7 +75,7 @@ def probe(checkpoint: str, split: str = "valid", seed: int = 0) -> list[dict]:
         raise UserError(f"{checkpoint} holds a {config['model']} model; the probe reads MDGR's")
     data = valid_data if split == "valid" else test_data
     rows = masked_slot_accuracy(model, (batch[0] for batch in data), seed)
-    shares = training_shares(model)
+    shares = model.mask_count_probs(model.difficulty(1.0))  # the curriculum's end
     states = decoding_states(model.schedule, model.sid_len)
     for row in rows:
         row["training_share"] = float(shares[row["k"] - 1])

@@ -303,7 +303,7 @@ def test_probe_masks_exactly_k_uniform_slots_and_names_decoding_states():
 def test_probe_scores_only_the_masked_slots_against_the_target(oracle):
     """A decoder that reads the answer off its input (the revealed slots equal the target)
     and is right, or wrong, on every masked slot: accuracy 1 or 0, per k, over k slots a row."""
-    from recbole_mdgr.mask_probe import masked_slot_accuracy, training_shares
+    from recbole_mdgr.mask_probe import masked_slot_accuracy
 
     table = parallel_table(L=4)
     model = make_model(table)
@@ -328,5 +328,5 @@ def test_probe_scores_only_the_masked_slots_against_the_target(oracle):
     for row in rows:
         assert row["accuracy"] == (1.0 if oracle else 0.0)
         assert (row["cross_entropy"] < 1e-6) == oracle
-    shares = training_shares(model)
+    shares = model.mask_count_probs(model.difficulty(1.0))  # what the probe reports
     assert float(shares.sum()) == pytest.approx(1.0) and int(shares.argmax()) == 3

@@ -233,14 +233,18 @@ class MDGR(GenerativeRecommender):
     def difficulty(self, p: float) -> float:
         return p ** self.gamma if self.curriculum else 1.0
 
+    def mask_count_probs(self, delta: float) -> torch.Tensor:
+        """``[m]`` float64: the probability of k = 1..m masked slots at difficulty ``delta``
+        (uniform when the curriculum is switched off)."""
+        if self.curriculum:
+            return mask_count_distribution(self.sid_len, delta, self.curriculum_width,
+                                           self.full_mask_floor, self.uniform_floor)
+        return torch.full((self.sid_len,), 1.0 / self.sid_len, dtype=torch.float64)
+
     def sample_mask_counts(self, n: int, delta: float, generator=None) -> torch.Tensor:
         """``[n]`` numbers of masked slots in 1..m at difficulty ``delta``."""
-        if self.curriculum:
-            probs = mask_count_distribution(self.sid_len, delta, self.curriculum_width,
-                                            self.full_mask_floor, self.uniform_floor)
-        else:
-            probs = torch.full((self.sid_len,), 1.0 / self.sid_len, dtype=torch.float64)
-        return torch.multinomial(probs, n, replacement=True, generator=generator) + 1
+        return torch.multinomial(self.mask_count_probs(delta), n, replacement=True,
+                                 generator=generator) + 1
 
     def slot_weights(self, item_seq_sid, target_sid):
         """``[B, m]`` probabilities of masking each slot: rare-in-history target tokens
