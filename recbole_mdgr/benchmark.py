@@ -208,6 +208,46 @@ def run_path(out: str, name: str) -> str:
     return os.path.join(out, RUNS, name.replace("/", "_").replace(" ", "_") + ".json")
 
 
+# Overrides that change where files are or what is printed, not what a run measures.
+NOT_SETTINGS = ("show_progress", "data_path", "checkpoint_dir")
+
+
+def settings(overrides: list[str]) -> dict:
+    """``["--lr=0.1", ...]`` -> ``{"lr": 0.1}``: the command-line config overrides that
+    change what a run measures (values parsed as yaml)."""
+    pairs = (o[2:].split("=", 1) for o in overrides if o.startswith("--") and "=" in o)
+    return {k: yaml_value(v) for k, v in pairs if k not in NOT_SETTINGS}
+
+
+def stored_settings(run: dict) -> dict:
+    """What a finished run was asked for: dataset, preset, row config and overrides (read
+    back from its recorded command when the run predates the ``overrides`` field)."""
+    overrides = run.get("overrides")
+    if overrides is None:
+        tokens = (run.get("command") or "").split()[3:]
+        overrides = build_parser().parse_known_args(tokens)[1]
+    return {"dataset": run.get("dataset"), "preset": run.get("preset"),
+            "config": run.get("config") or {}, "overrides": settings(overrides)}
+
+
+def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> list[str]:
+    """Finished runs in ``out`` that a re-run would skip although the row, dataset, preset
+    or overrides asked for now differ from theirs: one line per difference."""
+    asked = settings(overrides)
+    lines = []
+    for name, row in rows.items():
+        path = run_path(out, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            stored = stored_settings(json.load(f))
+        now = {"dataset": args.dataset, "config": row.get("config") or {}, "overrides": asked,
+               "preset": preset_for(row["model"], row.get("preset", args.preset))}
+        lines += [f"{path}: {key} {stored[key]!r}, asked now {now[key]!r}"
+                  for key in now if stored[key] != now[key]]
+    return lines
+
+
 def run_one(name: str, args, overrides: list[str]) -> None:
     """Child process of :func:`side_by_side`: throughput figures, then train and test one
     row; its result goes to ``<out>/runs/<row>.json``, written only when complete."""
@@ -233,6 +273,7 @@ def run_one(name: str, args, overrides: list[str]) -> None:
     result = run_recbole_mdgr(model=model, dataset=args.dataset, config_dict=config_dict)
     out = {"model": name, "base_model": model, "config": row.get("config") or {},
            "dataset": args.dataset, "preset": preset, "command": args.command,
+           "overrides": overrides,
            "machine": machine(), **started,
            "result": result, "throughput": throughput,
            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -257,6 +298,12 @@ def side_by_side(args, overrides: list[str]) -> int:
     for row in rows.values():  # unknown names and presets fail before anything runs
         get_model(row["model"])
         preset_for(row["model"], row.get("preset", args.preset))
+    stale = stale_runs(args.out, rows, args, overrides)
+    if stale:
+        raise UserError("finished runs in the results folder were made with other settings "
+                        "than asked now, so a re-run would skip them and mix the two in one "
+                        "table:\n  " + "\n  ".join(stale) + "\nDelete those files to run "
+                        "them again with these settings, or choose another --out.")
     command = "python -m recbole_mdgr.benchmark " + " ".join(sys.argv[1:])
     failed = []
     for i, (name, row) in enumerate(rows.items(), 1):
@@ -290,7 +337,7 @@ def side_by_side(args, overrides: list[str]) -> int:
     return 1 if failed else 0
 
 
-def main(argv=None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="MDGR,MADRec,TIGER,SASRec,BERT4Rec")
     parser.add_argument("--dataset", default="ml-100k")
@@ -316,7 +363,11 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps for --throughput")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
-    args, overrides = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args, overrides = build_parser().parse_known_args(argv)
     from recbole_mdgr.report import load_runs, markdown
 
     if args.throughput:

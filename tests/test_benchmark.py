@@ -150,3 +150,36 @@ def test_table_rewrites_the_reports_from_the_runs_and_refuses_an_empty_folder(tm
     assert (tmp_path / "recall_at_k.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(UserError, match="no finished runs"):
         main(["--table", f"--out={tmp_path / 'empty'}"])
+
+
+def test_a_rerun_refuses_finished_runs_made_with_other_settings(tmp_path):
+    from recbole_mdgr.benchmark import main, stale_runs, build_parser
+    from recbole_mdgr.errors import UserError
+
+    out = tmp_path / "bench"
+    (out / "runs").mkdir(parents=True)
+    old = {"model": "TIGER", "dataset": "ml-1m", "preset": None, "config": {},  # no overrides
+           "command": "python -m recbole_mdgr.benchmark --models=TIGER --dataset=ml-1m "
+                      "--epochs=3 --show_progress=False"}                    # field: read back
+    (out / "runs" / "TIGER.json").write_text(json.dumps(old))
+    with pytest.raises(UserError) as refused:
+        main(["--models=TIGER", "--dataset=ml-100k", f"--out={out}", "--epochs=5"])
+    message = str(refused.value)
+    assert f"{out / 'runs' / 'TIGER.json'}: dataset 'ml-1m', asked now 'ml-100k'" in message
+    assert "overrides {'epochs': 3}, asked now {'epochs': 5}" in message
+    assert "preset" not in message.split("Delete")[0] and "Delete those files" in message
+    assert sorted(os.listdir(out)) == ["runs"]  # nothing ran, no report was written
+
+    # the same settings (show_progress and data_path aside) are not stale; the new
+    # `overrides` field is read as is, and a row's config counts
+    args, overrides = build_parser().parse_known_args(
+        ["--models=TIGER", "--dataset=ml-1m", "--epochs=3", "--data_path=/x"])
+    rows = {"TIGER": {"model": "TIGER"}}
+    assert stale_runs(str(out), rows, args, overrides) == []
+    (out / "runs" / "TIGER.json").write_text(json.dumps({**old, "overrides": ["--epochs=4"]}))
+    assert stale_runs(str(out), rows, args, overrides) == [
+        f"{out / 'runs' / 'TIGER.json'}: overrides {{'epochs': 4}}, asked now {{'epochs': 3}}"]
+    rows = {"TIGER": {"model": "TIGER", "config": {"train_drop_ratio": 0.5}}}
+    (out / "runs" / "TIGER.json").write_text(json.dumps({**old, "overrides": ["--epochs=3"]}))
+    assert stale_runs(str(out), rows, args, overrides) == [
+        f"{out / 'runs' / 'TIGER.json'}: config {{}}, asked now {{'train_drop_ratio': 0.5}}"]
