@@ -13,8 +13,10 @@ fp32 matmul peak measured in the same process (``--throughput_steps``).
 ``--out`` is a folder: ``runs/<model>.json`` per finished model (command, machine, commit,
 date, RecBole's result dict, throughput, peak memory), written only when the model is done,
 so a re-run skips finished models and a long benchmark can be finished in several
-sittings. After each model, ``results.json``, ``results.csv``, ``results.md`` and the plots
-are rewritten (``recbole_mdgr/report.py``). ``--table`` prints the table of a folder.
+sittings. A re-run refuses a folder whose finished runs were asked for with another
+dataset, preset, row config or override (``stale_runs``): one table, one setting. After
+each model, ``results.json``, ``results.csv``, ``results.md`` and the plots are rewritten
+(``recbole_mdgr/report.py``). ``--table`` prints the table of a folder.
 
 Decoding variants of one trained model, on its test split (e.g. beam search against
 exact scoring of every item)::
