@@ -2,7 +2,9 @@
 
 A benchmark folder holds one ``runs/<model>.json`` per finished model (written by
 ``recbole_mdgr.benchmark``); :func:`write_reports` turns them into ``results.json``,
-``results.csv``, ``results.md`` and PNG plots next to them.
+``results.csv``, ``results.md`` and PNG plots next to them. Runs that dropped training data
+(``train_drop_ratio``, the data-constrained suite) also get ``retained.md`` and its plot: each
+metric against the same model's run on the full data.
 """
 
 from __future__ import annotations
@@ -135,7 +137,70 @@ def write_reports(folder: str, order: list[str] | None = None) -> list[str]:
     with open(paths[2], "w") as f:
         f.write(markdown(rows) + "\n\nMetrics in % (test split, best-validation checkpoint). "
                 "Runs:\n" + provenance(rows) + "\n")
-    return paths + plot_all(folder, rows) + write_variant_reports(folder)
+    return (paths + plot_all(folder, rows) + write_variant_reports(folder)
+            + write_retained_reports(folder, rows))
+
+
+RETAINED_MD, RETAINED_PLOT = "retained.md", "retained_vs_drop.png"
+RETAINED_METRICS = ("recall@5", "ndcg@5", "recall@10")  # the paper's Figure 3 shows @5
+
+
+def retained_rows(rows: list[dict]) -> list[tuple]:
+    """The data-constrained runs (a ``train_drop_ratio`` in their row config) as ``(model,
+    drop ratio, {metric: (value in %, retained in %)})``, sorted by model and ratio. Retained
+    is the value over the same base model's value at ratio 0, in %; None without that run."""
+    runs = [(r.get("base_model", r["model"]), float(r["config"]["train_drop_ratio"]), r)
+            for r in rows if (r.get("config") or {}).get("train_drop_ratio") is not None]
+    full = {model: run for model, ratio, run in runs if ratio == 0}
+    out = []
+    for model, ratio, run in sorted(runs, key=lambda t: t[:2]):
+        values = {}
+        for key in RETAINED_METRICS:
+            value, base = _metric(key)(run), full.get(model) and _metric(key)(full[model])
+            values[key] = (value, round(100 * value / base, 1) if value is not None and base
+                           else None)
+        out.append((model, ratio, values))
+    return out
+
+
+def write_retained_reports(folder: str, rows: list[dict]) -> list[str]:
+    """``retained.md`` and ``retained_vs_drop.png`` when some runs dropped training data."""
+    retained = retained_rows(rows)
+    if not retained:
+        return []
+    names = {"recall@5": "R@5", "ndcg@5": "N@5", "recall@10": "R@10"}
+    head = ["model", "dropped"] + [f"{names[k]}{extra}" for k in RETAINED_METRICS
+                                   for extra in ("", " retained %")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, ratio, values in retained:
+        cells = [model, f"{100 * ratio:g}%"] + ["-" if v is None else str(v)
+                                                for k in RETAINED_METRICS for v in values[k]]
+        lines.append("| " + " | ".join(cells) + " |")
+    path = os.path.join(folder, RETAINED_MD)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n\nTest metrics in %; retained = the metric over the same "
+                "model's run on the full training data (dropped 0%), in %. Runs: "
+                "results.md.\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8), sharey=True)
+    for ax, key in zip(axes, RETAINED_METRICS[:2]):
+        for model in dict.fromkeys(model for model, _, _ in retained):
+            points = [(100 * ratio, values[key][1]) for m, ratio, values in retained
+                      if m == model and values[key][1] is not None]
+            if points:
+                ax.plot(*zip(*points), "o-", label=model)
+        ax.set(xlabel="training items dropped (%)", ylabel=f"retained test {names[key]} (%)",
+               title=f"{names[key]} retained")
+        ax.legend()
+    fig.tight_layout()
+    plot = os.path.join(folder, RETAINED_PLOT)
+    fig.savefig(plot, dpi=110)
+    plt.close(fig)
+    return [path, plot]
 
 
 def load_variants(folder: str) -> dict[str, list[dict]]:

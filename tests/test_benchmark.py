@@ -183,3 +183,39 @@ def test_a_rerun_refuses_finished_runs_made_with_other_settings(tmp_path):
     (out / "runs" / "TIGER.json").write_text(json.dumps({**old, "overrides": ["--epochs=3"]}))
     assert stale_runs(str(out), rows, args, overrides) == [
         f"{out / 'runs' / 'TIGER.json'}: config {{}}, asked now {{'train_drop_ratio': 0.5}}"]
+
+
+def test_data_constrained_runs_report_the_share_of_the_full_data_metric_they_keep(tmp_path):
+    from recbole_mdgr.report import RETAINED_MD, RETAINED_PLOT, retained_rows, write_reports
+
+    def run(name, model, ratio, r5, n5):
+        return {"model": name, "base_model": model, "config": {"train_drop_ratio": ratio},
+                "result": {"test_result": {"recall@5": r5, "ndcg@5": n5},
+                           "timing": {"fit_seconds": 60.0}}}
+
+    runs = [run("TIGER drop 50%", "TIGER", 0.5, 0.03, 0.01),
+            run("TIGER drop 0%", "TIGER", 0.0, 0.04, 0.02),
+            run("MADRec drop 25%", "MADRec", 0.25, 0.02, 0.01),  # no full-data run yet
+            {"model": "SASRec", "result": {"test_result": {"recall@5": 0.05}}}]  # not a drop run
+    assert retained_rows(runs) == [
+        ("MADRec", 0.25, {"recall@5": (2.0, None), "ndcg@5": (1.0, None),
+                          "recall@10": (None, None)}),
+        ("TIGER", 0.0, {"recall@5": (4.0, 100.0), "ndcg@5": (2.0, 100.0),
+                        "recall@10": (None, None)}),
+        ("TIGER", 0.5, {"recall@5": (3.0, 75.0), "ndcg@5": (1.0, 50.0),
+                        "recall@10": (None, None)})]
+
+    (tmp_path / "runs").mkdir()
+    for r in runs[:3]:
+        (tmp_path / "runs" / f"{r['model']}.json").write_text(json.dumps(r))
+    write_reports(str(tmp_path))
+    table = (tmp_path / RETAINED_MD).read_text()
+    assert "| TIGER | 50% | 3.0 | 75.0 | 1.0 | 50.0 | - | - |" in table
+    assert "| MADRec | 25% | 2.0 | - | 1.0 | - | - | - |" in table
+    assert (tmp_path / RETAINED_PLOT).read_bytes()[:4] == b"\x89PNG"
+
+    (tmp_path / "runs" / "SASRec.json").write_text(json.dumps({**runs[3], "model": "SASRec"}))
+    for name in ("TIGER drop 50%", "TIGER drop 0%", "MADRec drop 25%"):
+        os.remove(tmp_path / "runs" / f"{name}.json")
+    os.remove(tmp_path / RETAINED_MD)
+    assert not any(p.endswith(RETAINED_MD) for p in write_reports(str(tmp_path)))
