@@ -370,8 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> None:
     args, overrides = build_parser().parse_known_args(argv)
+    from recbole_mdgr.compat import quiet_recbole_warnings
     from recbole_mdgr.report import load_runs, markdown
 
+    quiet_recbole_warnings()  # the throughput probe builds datasets before the run does
     if args.throughput:
         throughput_main(args, overrides)
     elif args.one:
