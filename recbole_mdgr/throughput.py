@@ -5,9 +5,9 @@
 
 For each model: the fp32 matmul peak measured in the same process (best of several square
 matmuls), then real training steps on the dataset's own batches (optimizer included):
-training tokens/s, GFLOP/s (torch's flop counter on one forward + backward step) and its
-share of the peak, seconds per step and per epoch, and inference users/s at the configured
-beam width. ``--stack`` adds an encoder-only stack shaped like MADRec's (synthetic tokens).
+training tokens/s, GFLOP/s (torch's flop counter on each timed step's forward + backward,
+counted in a separate pass over the same batches) and its share of the peak, seconds per step
+and per epoch, and inference users/s at the configured beam width. ``--stack`` adds an encoder-only stack shaped like MADRec's (synthetic tokens).
 
 Tokens are the real (non-padding) input positions of a training sample: SID tokens of the
 history plus the target's for SID models, item ids for RecBole's models. Times are wall
@@ -52,6 +52,20 @@ def time_steps(step, steps: int, warmup: int = 2) -> float:
     return (perf_counter() - start) / steps
 
 
+def mean_step(step, batches: list, steps: int) -> tuple[float, float]:
+    """Mean seconds and mean FLOPs per call of ``step(batch)`` over ``steps`` calls, on
+    ``batches`` in turn (repeated if there are fewer). The FLOPs are counted on the same
+    batches that are timed: a dataset's batches differ in shape (history lengths), so one
+    batch's count over another's time would misstate GFLOP/s. The counting passes are also
+    the warm-up."""
+    timed = [batches[i % len(batches)] for i in range(steps)]
+    flops = sum(step_flops(lambda b=b: step(b)) for b in timed) / steps
+    start = perf_counter()
+    for batch in timed:
+        step(batch)
+    return (perf_counter() - start) / steps, flops
+
+
 def sample_tokens(model, interaction) -> int:
     """Real input positions of a batch: SID tokens (SID models) or item ids."""
     seq_len = interaction[model.ITEM_SEQ_LEN]
@@ -75,19 +89,17 @@ def model_throughput(model_name: str, dataset: str, config_dict: dict | None = N
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     optimizer = trainer.optimizer
-    batches = list(itertools.islice(iter(train_data), steps + 2))
-    cycle = itertools.cycle(batches)
+    batches = list(itertools.islice(iter(train_data), steps))
     model.train()
 
-    def step(batch=None):
-        batch = (batch or next(cycle)).to(config["device"])
+    def step(batch):
+        batch = batch.to(config["device"])
         optimizer.zero_grad()
         model.calculate_loss(batch).backward()
         optimizer.step()
 
-    flops = step_flops(lambda: step(batches[0]))
-    seconds = time_steps(step, steps)
-    tokens = sample_tokens(model, batches[0])
+    seconds, flops = mean_step(step, batches, steps)
+    tokens = sum(sample_tokens(model, batches[i % len(batches)]) for i in range(steps)) / steps
     out = {
         "model": model_name,
         "batch": len(batches[0]),

@@ -70,3 +70,19 @@ def test_throughput_figures_of_a_tiny_stack():
     assert row["tokens_per_s"] == pytest.approx(24 / row["seconds_per_step"])
     table = report([row], peak=100.0)
     assert "share of peak" in table and "dropout=0.1" in table
+
+
+def test_mean_step_counts_the_flops_of_the_batches_it_times():
+    from recbole_mdgr.throughput import mean_step
+
+    seen = []
+
+    def step(n):  # a "batch" of size n costs one n x n x n matmul: 2 n^3 FLOPs
+        seen.append(n)
+        torch.ones(n, n) @ torch.ones(n, n)
+
+    seconds, flops = mean_step(step, [4, 8, 16], steps=2)
+    assert flops == (2 * 4**3 + 2 * 8**3) / 2  # the timed batches, not only the first
+    assert seen == [4, 8, 4, 8] and seconds > 0  # counted once, then timed once, each
+    seconds, flops = mean_step(step, [4], steps=3)  # fewer batches than steps: repeated
+    assert flops == 2 * 4**3 and seen[4:] == [4] * 6
