@@ -14,7 +14,8 @@ fp32 matmul peak measured in the same process (``--throughput_steps``).
 date, RecBole's result dict, throughput, peak memory), written only when the model is done,
 so a re-run skips finished models and a long benchmark can be finished in several
 sittings. A re-run refuses a folder whose finished runs were asked for with another
-dataset, preset, row config or override (``stale_runs``): one table, one setting. After
+dataset, preset (its name, or the keys its file sets, which runs record), row config or
+override (``stale_runs``): one table, one setting. After
 each model, ``results.json``, ``results.csv``, ``results.md`` and the plots are rewritten
 (``recbole_mdgr/report.py``). ``--table`` prints the table of a folder.
 
@@ -232,9 +233,23 @@ def stored_settings(run: dict) -> dict:
             "config": run.get("config") or {}, "overrides": settings(overrides)}
 
 
+def preset_settings(preset: str | None) -> dict:
+    """The keys a shipped preset sets now (``{}`` for none): a run records them, so that a
+    re-run after the preset's file changed is not taken for the same setting."""
+    if not preset:
+        return {}
+    import yaml
+
+    from recbole_mdgr.config import preset_file
+
+    with open(preset_file(preset)) as f:
+        return yaml.safe_load(f) or {}
+
+
 def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> list[str]:
     """Finished runs in ``out`` that a re-run would skip although the row, dataset, preset
-    or overrides asked for now differ from theirs: one line per difference."""
+    (its name, or the keys it set, for runs that recorded them) or overrides asked for now
+    differ from theirs: one line per difference."""
     asked = settings(overrides)
     lines = []
     for name, row in rows.items():
@@ -242,11 +257,18 @@ def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> l
         if not os.path.isfile(path):
             continue
         with open(path) as f:
-            stored = stored_settings(json.load(f))
+            run = json.load(f)
+        stored = stored_settings(run)
+        preset = preset_for(row["model"], row.get("preset", args.preset))
         now = {"dataset": args.dataset, "config": row.get("config") or {}, "overrides": asked,
-               "preset": preset_for(row["model"], row.get("preset", args.preset))}
+               "preset": preset}
         lines += [f"{path}: {key} {stored[key]!r}, asked now {now[key]!r}"
                   for key in now if stored[key] != now[key]]
+        if "preset_config" in run and stored["preset"] == preset:
+            was, current = run["preset_config"], preset_settings(preset)
+            lines += [f"{path}: preset {preset} set {key}: {was.get(key)!r}, and sets "
+                      f"{current.get(key)!r} now" for key in sorted({*was, *current})
+                      if was.get(key) != current.get(key)]
     return lines
 
 
@@ -274,7 +296,8 @@ def run_one(name: str, args, overrides: list[str]) -> None:
         gc.collect()
     result = run_recbole_mdgr(model=model, dataset=args.dataset, config_dict=config_dict)
     out = {"model": name, "base_model": model, "config": row.get("config") or {},
-           "dataset": args.dataset, "preset": preset, "command": args.command,
+           "dataset": args.dataset, "preset": preset, "preset_config": preset_settings(preset),
+           "command": args.command,
            "overrides": overrides,
            "machine": machine(), **started,
            "result": result, "throughput": throughput,

@@ -184,6 +184,27 @@ def test_a_rerun_refuses_finished_runs_made_with_other_settings(tmp_path):
     assert stale_runs(str(out), rows, args, overrides) == [
         f"{out / 'runs' / 'TIGER.json'}: config {{}}, asked now {{'train_drop_ratio': 0.5}}"]
 
+    # a preset whose file changed since the run (runs record the keys it set then)
+    from recbole_mdgr.benchmark import preset_settings
+
+    now = preset_settings("TIGER-cpu")
+    assert now["train_time_budget"] > 0 and preset_settings(None) == {}
+    args.preset = "TIGER-cpu"
+    rows = {"TIGER": {"model": "TIGER"}}
+    run = {**old, "preset": "TIGER-cpu", "overrides": ["--epochs=3"]}
+    (out / "runs" / "TIGER.json").write_text(json.dumps({**run, "preset_config": now}))
+    assert stale_runs(str(out), rows, args, overrides) == []
+    was = {**now, "stopping_step": -1}
+    del was["train_time_budget"]
+    (out / "runs" / "TIGER.json").write_text(json.dumps({**run, "preset_config": was}))
+    assert stale_runs(str(out), rows, args, overrides) == [
+        f"{out / 'runs' / 'TIGER.json'}: preset TIGER-cpu set stopping_step: -1, and sets "
+        f"{now['stopping_step']!r} now",
+        f"{out / 'runs' / 'TIGER.json'}: preset TIGER-cpu set train_time_budget: None, and "
+        f"sets {now['train_time_budget']!r} now"]
+    (out / "runs" / "TIGER.json").write_text(json.dumps(run))  # recorded before the field
+    assert stale_runs(str(out), rows, args, overrides) == []
+
 
 def test_data_constrained_runs_report_the_share_of_the_full_data_metric_they_keep(tmp_path):
     from recbole_mdgr.report import RETAINED_MD, RETAINED_PLOT, retained_rows, write_reports
