@@ -164,9 +164,13 @@ def retained_rows(rows: list[dict]) -> list[tuple]:
 
 
 def write_retained_reports(folder: str, rows: list[dict]) -> list[str]:
-    """``retained.md`` and ``retained_vs_drop.png`` when some runs dropped training data."""
+    """``retained.md`` and ``retained_vs_drop.png`` when some runs dropped training data
+    (removed otherwise, so that no report outlives its runs)."""
     retained = retained_rows(rows)
     if not retained:
+        for name in (RETAINED_MD, RETAINED_PLOT):
+            if os.path.isfile(os.path.join(folder, name)):
+                os.remove(os.path.join(folder, name))
         return []
     names = {"recall@5": "R@5", "ndcg@5": "N@5", "recall@10": "R@10"}
     head = ["model", "dropped"] + [f"{names[k]}{extra}" for k in RETAINED_METRICS

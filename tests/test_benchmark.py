@@ -89,7 +89,8 @@ def test_every_shipped_suite_names_known_models_and_config_keys():
     assert {"mdgr-noise", "sid-ablation", "text-encoder", "recall-at-40"} <= set(suites)
     for suite in suites:
         rows = suite_rows(suite, "")
-        assert len({run_path("o", name) for name in rows}) == len(rows) >= 2
+        # distinct result files; a one-row suite compares with a run in the docs (tiger-schedule)
+        assert len({run_path("o", name) for name in rows}) == len(rows) >= 1
         for name, row in rows.items():
             get_model(row["model"])
             known = Config(row["model"], "ml-100k").final_config_dict
@@ -238,5 +239,5 @@ def test_data_constrained_runs_report_the_share_of_the_full_data_metric_they_kee
     (tmp_path / "runs" / "SASRec.json").write_text(json.dumps({**runs[3], "model": "SASRec"}))
     for name in ("TIGER drop 50%", "TIGER drop 0%", "MADRec drop 25%"):
         os.remove(tmp_path / "runs" / f"{name}.json")
-    os.remove(tmp_path / RETAINED_MD)
     assert not any(p.endswith(RETAINED_MD) for p in write_reports(str(tmp_path)))
+    assert not (tmp_path / RETAINED_MD).exists() and not (tmp_path / RETAINED_PLOT).exists()
