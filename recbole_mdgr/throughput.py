@@ -7,7 +7,8 @@ For each model: the fp32 matmul peak measured in the same process (best of sever
 matmuls), then real training steps on the dataset's own batches (optimizer included):
 training tokens/s, GFLOP/s (torch's flop counter on each timed step's forward + backward,
 counted in a separate pass over the same batches) and its share of the peak, seconds per step
-and per epoch, and inference users/s at the configured beam width. ``--stack`` adds an encoder-only stack shaped like MADRec's (synthetic tokens).
+and per epoch, and inference users/s at the configured beam width. ``--stack`` adds an
+encoder-only stack shaped like MADRec's (synthetic tokens).
 
 Tokens are the real (non-padding) input positions of a training sample: SID tokens of the
 history plus the target's for SID models, item ids for RecBole's models. Times are wall
@@ -52,18 +53,21 @@ def time_steps(step, steps: int, warmup: int = 2) -> float:
     return (perf_counter() - start) / steps
 
 
-def mean_step(step, batches: list, steps: int) -> tuple[float, float]:
-    """Mean seconds and mean FLOPs per call of ``step(batch)`` over ``steps`` calls, on
-    ``batches`` in turn (repeated if there are fewer). The FLOPs are counted on the same
-    batches that are timed: a dataset's batches differ in shape (history lengths), so one
-    batch's count over another's time would misstate GFLOP/s. The counting passes are also
-    the warm-up."""
-    timed = [batches[i % len(batches)] for i in range(steps)]
-    flops = sum(step_flops(lambda b=b: step(b)) for b in timed) / steps
+def timed_batches(batches: list, steps: int) -> list:
+    """``steps`` batches taken from ``batches`` in turn (repeated if there are fewer)."""
+    return [batches[i % len(batches)] for i in range(steps)]
+
+
+def mean_step(step, timed: list) -> tuple[float, float]:
+    """Mean seconds and mean FLOPs per call of ``step(batch)``, one call per batch of
+    ``timed``. The FLOPs are counted on the same batches that are timed: a dataset's batches
+    differ in shape (history lengths), so one batch's count over another's time would
+    misstate GFLOP/s. The counting passes are also the warm-up."""
+    flops = sum(step_flops(lambda b=b: step(b)) for b in timed) / len(timed)
     start = perf_counter()
     for batch in timed:
         step(batch)
-    return (perf_counter() - start) / steps, flops
+    return (perf_counter() - start) / len(timed), flops
 
 
 def sample_tokens(model, interaction) -> int:
@@ -89,7 +93,7 @@ def model_throughput(model_name: str, dataset: str, config_dict: dict | None = N
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
     optimizer = trainer.optimizer
-    batches = list(itertools.islice(iter(train_data), steps))
+    timed = timed_batches(list(itertools.islice(iter(train_data), steps)), steps)
     model.train()
 
     def step(batch):
@@ -98,11 +102,11 @@ def model_throughput(model_name: str, dataset: str, config_dict: dict | None = N
         model.calculate_loss(batch).backward()
         optimizer.step()
 
-    seconds, flops = mean_step(step, batches, steps)
-    tokens = sum(sample_tokens(model, batches[i % len(batches)]) for i in range(steps)) / steps
+    seconds, flops = mean_step(step, timed)
+    tokens = sum(sample_tokens(model, batch) for batch in timed) / steps
     out = {
         "model": model_name,
-        "batch": len(batches[0]),
+        "batch": len(timed[0]),
         "seconds_per_step": seconds,
         "steps_per_epoch": len(train_data),
         "seconds_per_epoch": seconds * len(train_data),

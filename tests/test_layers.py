@@ -73,7 +73,7 @@ def test_throughput_figures_of_a_tiny_stack():
 
 
 def test_mean_step_counts_the_flops_of_the_batches_it_times():
-    from recbole_mdgr.throughput import mean_step
+    from recbole_mdgr.throughput import mean_step, timed_batches
 
     seen = []
 
@@ -81,8 +81,8 @@ def test_mean_step_counts_the_flops_of_the_batches_it_times():
         seen.append(n)
         torch.ones(n, n) @ torch.ones(n, n)
 
-    seconds, flops = mean_step(step, [4, 8, 16], steps=2)
+    seconds, flops = mean_step(step, timed_batches([4, 8, 16], steps=2))
     assert flops == (2 * 4**3 + 2 * 8**3) / 2  # the timed batches, not only the first
     assert seen == [4, 8, 4, 8] and seconds > 0  # counted once, then timed once, each
-    seconds, flops = mean_step(step, [4], steps=3)  # fewer batches than steps: repeated
+    seconds, flops = mean_step(step, timed_batches([4], steps=3))  # fewer than steps: repeated
     assert flops == 2 * 4**3 and seen[4:] == [4] * 6
