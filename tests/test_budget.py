@@ -134,26 +134,33 @@ def test_budget_linear_schedule_by_hand():
     assert budget_linear_factor(10**6, float("inf")) == 1.0
 
 
-def test_budget_linear_decays_every_step_over_the_steps_the_budget_allows(tiny, monkeypatch):
-    """A clock that reads one minute per step taken: the run's pace is 1 step a minute, so a
-    budget of 3n minutes (n steps an epoch) plans 3n steps. Epoch 0 has no pace yet and keeps
-    the full rate; from epoch 1 on, step s runs at lr * (1 - s / 3n)."""
-    from recbole_mdgr import budget
+def budget_linear_trainer(tiny, **extra):
+    """A SASRec trainer on the tiny dataset with ``lr_schedule: budget_linear``, its data,
+    ``n`` (steps per epoch) and the list that records the learning rate of every step."""
     from recbole_mdgr.config import Config
     from recbole_mdgr.quick_start import _build
 
     tmp, cfg = tiny
     config = Config("SASRec", "tiny", config_dict={
         **cfg, "epochs": 10, "learning_rate": 0.01, "lr_schedule": "budget_linear",
-        "train_time_budget": 1})
+        "train_time_budget": 1, **extra})
     _, train_data, valid_data, _, _, trainer = _build(config)
-    n = len(train_data)
-    config["train_time_budget"] = 3 * n  # known once the data is built
-    monkeypatch.setattr(budget, "perf_counter", lambda: 60.0 * getattr(trainer, "_steps_done", 0))
     rates = []
     step = trainer.optimizer.step
     trainer.optimizer.step = lambda *a, **k: (rates.append(trainer.optimizer.param_groups[0]["lr"]),
                                               step(*a, **k))[1]
+    return trainer, train_data, valid_data, len(train_data), rates
+
+
+def test_budget_linear_decays_every_step_over_the_steps_the_budget_allows(tiny, monkeypatch):
+    """A clock that reads one minute per step taken: the run's pace is 1 step a minute, so a
+    budget of 3n minutes (n steps an epoch) plans 3n steps. Epoch 0 has no pace yet and keeps
+    the full rate; from epoch 1 on, step s runs at lr * (1 - s / 3n)."""
+    from recbole_mdgr import budget
+
+    trainer, train_data, valid_data, n, rates = budget_linear_trainer(tiny)
+    trainer.config["train_time_budget"] = 3 * n  # known once the data is built
+    monkeypatch.setattr(budget, "perf_counter", lambda: 60.0 * getattr(trainer, "_steps_done", 0))
     trainer.fit(train_data, valid_data, saved=False)
 
     expected = [0.01] * n + [0.01 * (1 - s / (3 * n)) for s in range(n, 3 * n)]
@@ -164,7 +171,6 @@ def test_budget_linear_decays_every_step_over_the_steps_the_budget_allows(tiny, 
         pytest.approx([0.01, 0.01 * (n + 1) / (3 * n), 0.01 / (3 * n)])
 
 
-
 def test_budget_linear_plans_at_cycle_starts_so_the_rate_ends_at_zero(tiny, monkeypatch):
     """Validation every 2 epochs of n steps; the clock reads a minute per step and n minutes
     per validation, so a cycle takes 3n minutes and a budget of 6n minutes allows 2 cycles,
@@ -173,25 +179,15 @@ def test_budget_linear_plans_at_cycle_starts_so_the_rate_ends_at_zero(tiny, monk
     coming validation: 3n steps in 4n minutes read as 4.5n, rounded up to 6n), so the last
     step runs at 1/(4n) of the rate."""
     from recbole_mdgr import budget
-    from recbole_mdgr.config import Config
-    from recbole_mdgr.quick_start import _build
 
-    tmp, cfg = tiny
-    config = Config("SASRec", "tiny", config_dict={
-        **cfg, "epochs": 10, "learning_rate": 0.01, "lr_schedule": "budget_linear",
-        "train_time_budget": 1, "eval_step": 2, "stopping_step": 10})
-    _, train_data, valid_data, _, _, trainer = _build(config)
-    n = len(train_data)
-    config["train_time_budget"] = 6 * n
+    trainer, train_data, valid_data, n, rates = budget_linear_trainer(
+        tiny, eval_step=2, stopping_step=10)
+    trainer.config["train_time_budget"] = 6 * n
     validations = []
     valid_epoch = trainer._valid_epoch
     trainer._valid_epoch = lambda *a, **k: (valid_epoch(*a, **k), validations.append(1))[0]
     monkeypatch.setattr(budget, "perf_counter",
                         lambda: 60.0 * (getattr(trainer, "_steps_done", 0) + n * len(validations)))
-    rates = []
-    step = trainer.optimizer.step
-    trainer.optimizer.step = lambda *a, **k: (rates.append(trainer.optimizer.param_groups[0]["lr"]),
-                                              step(*a, **k))[1]
     trainer.fit(train_data, valid_data, saved=False)
 
     expected = ([0.01] * n + [0.01 * (1 - s / (6 * n)) for s in range(n, 2 * n)]
@@ -200,6 +196,7 @@ def test_budget_linear_plans_at_cycle_starts_so_the_rate_ends_at_zero(tiny, monk
     summary = trainer.training_summary
     assert summary["stopped_by"] == "time_budget" and summary["epochs"] == 4
     assert summary["valid_curve"][-1]["learning_rate"] == pytest.approx(0.01 / (4 * n))
+
 
 @pytest.mark.parametrize("extra, message", [
     ({}, "lr_schedule: budget_linear decays over train_time_budget"),
