@@ -97,8 +97,16 @@ def test_every_shipped_suite_names_known_models_and_config_keys():
             unknown = set(row.get("config") or {}) - set(known)
             assert not unknown, (suite, name, unknown)
     with open(os.path.join(folder, "mdgr-noise.yaml")) as f:
-        assert yaml.safe_load(f)["rows"]["MDGR random masking"]["config"] == \
-            {"mdgr_curriculum": False}
+        noise = yaml.safe_load(f)["rows"]
+    # the four cells: (curriculum, history-aware) on/off, the rest equal
+    cells = {}
+    for name, row in noise.items():
+        config = dict(row["config"])
+        switches = (config.pop("mdgr_curriculum", True), config.pop("mdgr_history_aware", True))
+        if config == {"train_time_budget": 15}:
+            cells[switches] = name
+    assert set(cells) == {(True, True), (True, False), (False, True), (False, False)}, cells
+    assert {row["preset"] for row in noise.values()} == {"MDGR-cpu"}
 
 
 def test_an_unknown_suite_lists_the_shipped_ones():
