@@ -248,8 +248,9 @@ def preset_settings(preset: str | None) -> dict:
 
 def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> list[str]:
     """Finished runs in ``out`` that a re-run would skip although the row, dataset, preset
-    (its name, or the keys it set, for runs that recorded them) or overrides asked for now
-    differ from theirs: one line per difference."""
+    (its name, or the keys it set, for runs that recorded them, except keys the row's config
+    or the overrides set) or overrides asked for now differ from theirs: one line per
+    difference."""
     asked = settings(overrides)
     lines = []
     for name, row in rows.items():
@@ -266,8 +267,9 @@ def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> l
                   for key in now if stored[key] != now[key]]
         if "preset_config" in run and stored["preset"] == preset:
             was, current = run["preset_config"], preset_settings(preset)
+            won = {*now["config"], *asked}  # keys the row or the command line set win
             lines += [f"{path}: preset {preset} set {key}: {was.get(key)!r}, and sets "
-                      f"{current.get(key)!r} now" for key in sorted({*was, *current})
+                      f"{current.get(key)!r} now" for key in sorted({*was, *current} - won)
                       if was.get(key) != current.get(key)]
     return lines
 

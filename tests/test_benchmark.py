@@ -211,6 +211,17 @@ def test_a_rerun_refuses_finished_runs_made_with_other_settings(tmp_path):
         f"{now['stopping_step']!r} now",
         f"{out / 'runs' / 'TIGER.json'}: preset TIGER-cpu set train_time_budget: None, and "
         f"sets {now['train_time_budget']!r} now"]
+    # a preset key the row's config sets (or the command line) was not the run's setting
+    rows = {"TIGER": {"model": "TIGER", "config": {"stopping_step": 7}}}
+    (out / "runs" / "TIGER.json").write_text(json.dumps(
+        {**run, "config": {"stopping_step": 7}, "preset_config": {**now, "stopping_step": -1}}))
+    assert stale_runs(str(out), rows, args, overrides) == []
+    args_t, overrides_t = build_parser().parse_known_args(
+        ["--models=TIGER", "--dataset=ml-1m", "--epochs=3", "--preset=TIGER-cpu"])
+    (out / "runs" / "TIGER.json").write_text(json.dumps({**run, "preset_config": {
+        **now, "epochs": 999}}))
+    assert stale_runs(str(out), {"TIGER": {"model": "TIGER"}}, args_t, overrides_t) == []
+    rows = {"TIGER": {"model": "TIGER"}}
     (out / "runs" / "TIGER.json").write_text(json.dumps(run))  # recorded before the field
     assert stale_runs(str(out), rows, args, overrides) == []
 
