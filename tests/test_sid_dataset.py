@@ -216,3 +216,70 @@ def test_valid_users_bad_values_are_refused_by_name(tiny, model, value, words):
                                                 "sid_codebook_size": 4})
     with pytest.raises(UserError, match=f"valid_users.*{words}|{words}.*valid_users"):
         create_dataset(config).build()
+
+
+@pytest.mark.parametrize("next_k", [1, 2])
+def test_training_pairs_hold_every_training_item_and_no_evaluation_target(tmp_path, monkeypatch,
+                                                                          next_k):
+    """``sid_vector_source: interactions`` reads these pairs: each user's items but the last
+    2 k (read here straight from the .inter file), counted once, history items included."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    folder = write_tiny_dataset(tmp_path, name="pairs", n_items=30, lengths=[12, 8, 6, 7])
+    lines = (folder / "pairs.inter").read_text().split("\n")[1:-1]
+    by_user = {}
+    for user, item, t in (line.split("\t") for line in lines):
+        by_user.setdefault(user, []).append((float(t), item))
+    cfg = tiny_config(tmp_path, next_k=next_k, sid_quantizer="rq_kmeans", sid_levels=2,
+                      sid_codebook_size=4, MAX_ITEM_LIST_LENGTH=3)  # histories cut short
+    dataset = SIDSequentialDataset(Config("TIGER", "pairs", config_dict=cfg))
+    dataset.build()
+    uid, iid = dataset.field2token_id["user_id"], dataset.field2token_id["item_id"]
+    want = {(uid[u], iid[i]) for u, rows in by_user.items()
+            for _, i in sorted(rows)[:-2 * next_k]}
+    got = dataset.sid_train_pairs
+    assert {tuple(p) for p in got.tolist()} == want
+    assert len(got) == len(want)  # each pair once
+
+
+def test_interaction_vectors_put_items_of_the_same_users_together():
+    """Items 1-4 are bought only by users 0-5, items 5-8 only by users 6-11, item 9 by
+    nobody: each item is nearer (cosine) to every item of its group than to any of the
+    other, and the unseen item's vector is zero."""
+    import numpy as np
+
+    from recbole_mdgr.tokenizer.embed import interaction_vectors
+
+    rng = np.random.default_rng(0)
+    pairs = [(u, i) for u in range(6) for i in (1, 2, 3, 4) if rng.random() < 0.8]
+    pairs += [(u, i) for u in range(6, 12) for i in (5, 6, 7, 8) if rng.random() < 0.8]
+    pairs += [(0, 1), (0, 1)]  # a repeat counts once
+    x = interaction_vectors(np.array(pairs), n_items=10, dim=4, seed=0)  # rows: items 1..9
+    assert x.shape == (9, 4) and not x[8].any()
+    unit = x[:8] / np.linalg.norm(x[:8], axis=1, keepdims=True)
+    cos = unit @ unit.T
+    group = np.repeat([0, 1], 4)
+    same, other = group[:, None] == group[None, :], group[:, None] != group[None, :]
+    for i in range(8):
+        assert cos[i][same[i]].min() > cos[i][other[i]].max() + 0.3, i
+    again = interaction_vectors(np.array(pairs[:-2]), n_items=10, dim=4, seed=0)
+    assert np.array_equal(x, again)
+
+
+def test_sid_vector_source_builds_from_interactions_or_both_and_refuses_others(hand):
+    from recbole_mdgr.errors import UserError
+
+    for source, name in [("interactions", "interactions"), ("both", "text:tfidf+interactions")]:
+        cfg = tiny_config(hand, sid_vector_source=source, sid_quantizer="rq_kmeans",
+                          sid_levels=2, sid_codebook_size=4)
+        dataset = SIDSequentialDataset(Config("TIGER", "hand", config_dict=cfg))
+        train = dataset.build()[0]
+        assert dataset.sid_table.stats["source"] == name
+        assert dataset.sid_table.n_items == dataset.item_num
+        # what a model is given (the split) reads the same vectors (MADRec's dense head)
+        assert train.item_vectors().shape[0] == dataset.item_num
+    from recbole_mdgr.model.tiger import TIGER
+
+    config = Config("TIGER", "hand", config_dict=tiny_config(hand, sid_vector_source="clicks"))
+    with pytest.raises(UserError, match="sid_vector_source must be one of"):
+        TIGER.check_config(config)  # what the runner does before reading any data

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from recbole.data.dataset import SequentialDataset
@@ -39,6 +40,21 @@ def sample_validation_users(datasets, config, logger):
     return [train, valid.copy(valid.inter_feat[rows]), *rest]
 
 
+def training_pairs(train) -> np.ndarray:
+    """``[N, 2]`` int64: the distinct ``(user, item)`` pairs of a training split of prefix
+    samples, sorted: what ``sid_vector_source: interactions`` builds item vectors from.
+    Every training item but a user's first is some sample's target; the first opens the
+    history of every sample. Validation and test targets are not in it."""
+    feat = train.inter_feat
+    users = feat[train.uid_field].numpy().astype(np.int64)
+    first = feat[train.iid_field + train.config["LIST_SUFFIX"]][:, 0].numpy()
+    items = np.concatenate([feat[train.iid_field].numpy(), first]).astype(np.int64)
+    n = int(train.item_num)
+    keys = np.unique(np.concatenate([users, users]) * n + items)
+    pairs = np.stack([keys // n, keys % n], 1)
+    return pairs[pairs[:, 1] > 0]  # padding: a sample with an empty history
+
+
 class ValidSampledSequentialDataset(SequentialDataset):
     """RecBole's ``SequentialDataset`` with ``valid_users`` (its built-in sequential models)."""
 
@@ -55,7 +71,9 @@ class SIDSequentialDataset(SequentialDataset):
     """RecBole's sequential dataset with semantic IDs.
 
     - The SID table (:class:`~recbole_mdgr.tokenizer.sid_table.SIDTable`) is built (or read
-      from its cache) once, when the dataset is built, and shared by every split.
+      from its cache) once, when the dataset is built, and shared by every split. It is
+      built after the split, so that ``sid_vector_source: interactions`` reads the training
+      split only (:func:`training_pairs`).
     - ``train_sample_mode`` (validation and test samples are RecBole's in every mode):
 
       - ``prefix``: RecBole's prefix augmentation, one training sample per next-item target
@@ -91,13 +109,18 @@ class SIDSequentialDataset(SequentialDataset):
         check_positive_int("next_k", config["next_k"], none="1, the next item")
         self.next_k = config["next_k"] or 1
         self.sid_table = None
+        self.sid_train_pairs = None  # (user, item) pairs of the training split, set by build()
         super().__init__(config)
 
     def build(self):
         datasets = super().build()
+        if self.next_k > 1:
+            datasets = self._leave_k_out(datasets, self.next_k)
+        train = datasets[0]
         if self.sid_table is None:
             from recbole_mdgr.tokenizer import build_sid_table
 
+            self.sid_train_pairs = training_pairs(train)
             # one build per run: the other processes read the cache rank 0 wrote
             self.sid_table = rank0_first(lambda: build_sid_table(self.config, self))
             if self.sid_table.n_items != self.item_num:
@@ -105,9 +128,6 @@ class SIDSequentialDataset(SequentialDataset):
                     f"SID table has {self.sid_table.n_items} rows but the dataset has "
                     f"{self.item_num} item ids"
                 )
-        if self.next_k > 1:
-            datasets = self._leave_k_out(datasets, self.next_k)
-        train = datasets[0]
         before = len(train)
         if self.train_sample_mode != "prefix":
             rank = self._rank_from_latest(train)
@@ -123,7 +143,7 @@ class SIDSequentialDataset(SequentialDataset):
         datasets = sample_validation_users([train] + list(datasets[1:]), self.config,
                                            self.logger)
         for d in datasets:
-            d.sid_table = self.sid_table
+            d.sid_table, d.sid_train_pairs = self.sid_table, self.sid_train_pairs
         return datasets
 
     def _leave_k_out(self, splits, k: int):

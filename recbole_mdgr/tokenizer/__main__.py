@@ -14,8 +14,7 @@ import argparse
 import logging
 
 from recbole_mdgr.config import Config
-from recbole_mdgr.data import create_dataset
-from recbole_mdgr.tokenizer.build import build_sid_table
+from recbole_mdgr.data import SIDSequentialDataset
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,8 +53,11 @@ def main(argv: list[str] | None = None) -> None:
         config_dict={k: v for k, v in options.items() if v is not None},
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    table = build_sid_table(config, create_dataset(config))  # logs the stats block
-    print(table)
+    # the table is built with the dataset, after its split (sid_vector_source: interactions
+    # reads the training split); it logs the stats block
+    dataset = SIDSequentialDataset(config)
+    dataset.build()
+    print(dataset.sid_table)
 
 
 if __name__ == "__main__":

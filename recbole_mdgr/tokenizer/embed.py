@@ -1,5 +1,7 @@
-"""Item vectors ``[item_num - 1, d]`` (internal ids 1.., padding excluded), from
-(a) a pretrained embedding file or feature, else (b) item text embedded by an encoder.
+"""Item vectors ``[item_num - 1, d]`` (internal ids 1.., padding excluded), from the items'
+content: (a) a pretrained embedding file or feature, else (b) item text embedded by an
+encoder; or from (c) the training interactions (``sid_vector_source: interactions``), or
+(a or b) and (c) side by side (``both``).
 
 :func:`vector_source` hashes what the vectors depend on *before* computing them, so a
 cache hit never pays for the text encoder.
@@ -100,12 +102,19 @@ def randomized_svd(
     return (q @ u_small)[:, :k], s[:k]
 
 
-def tfidf_svd(texts: list[str], dim: int, seed: int) -> np.ndarray:
-    """TF-IDF + truncated SVD (LSA): ``[n, dim']`` float32, ``dim' = min(dim, rank bound)``.
+def svd_vectors(x: sp.spmatrix, k: int, seed: int) -> np.ndarray:
+    """Rows of ``x`` in its top-``k`` singular directions, ``u * s``: ``[n, k]`` float32.
 
     Deterministic for a seed: the randomized SVD is seeded and each component's sign is
     fixed so that its largest entry is positive.
     """
+    u, s = randomized_svd(x, k, seed)
+    sign = np.sign(u[np.abs(u).argmax(0), np.arange(k)])
+    return (u * (s * sign)).astype(np.float32)
+
+
+def tfidf_svd(texts: list[str], dim: int, seed: int) -> np.ndarray:
+    """TF-IDF + truncated SVD (LSA): ``[n, dim']`` float32, ``dim' = min(dim, rank bound)``."""
     x = tfidf_matrix(texts)
     k = min(dim, min(x.shape) - 1)
     if k < 1:
@@ -117,9 +126,40 @@ def tfidf_svd(texts: list[str], dim: int, seed: int) -> np.ndarray:
         logging.getLogger().info(
             "TF-IDF: %d terms, SVD dimension lowered %d -> %d", x.shape[1], dim, k
         )
-    u, s = randomized_svd(x, k, seed)
-    sign = np.sign(u[np.abs(u).argmax(0), np.arange(k)])
-    return (u * (s * sign)).astype(np.float32)
+    return svd_vectors(x, k, seed)
+
+
+def interaction_vectors(pairs: np.ndarray, n_items: int, dim: int, seed: int) -> np.ndarray:
+    """Collaborative item vectors ``[n_items - 1, dim']`` from training ``(user, item)``
+    pairs ``[N, 2]`` (internal ids; repeats count once): the truncated SVD of the item x
+    user incidence matrix normalised by degree on both sides, ``D_i^-1/2 X D_u^-1/2`` (the
+    normalised co-occurrence graph of spectral clustering), its rows L2-normalised as in Ng,
+    Jordan and Weiss's spectral clustering, so that items bought by the same users get
+    nearby vectors whatever their popularity (a rarely bought item's raw row is short and
+    would sit near the origin with every other rare item). ``dim' = min(dim, rank bound)``.
+    Items with no training interaction get a zero vector (they share a code, told apart by
+    the dedup token)."""
+    users = np.asarray(pairs[:, 0], dtype=np.int64)
+    items = np.asarray(pairs[:, 1], dtype=np.int64) - 1  # row 0 = internal item id 1
+    n_users = int(users.max()) + 1 if len(users) else 1
+    x = sp.csr_matrix((np.ones(len(items)), (items, users)), shape=(n_items - 1, n_users))
+    x.data[:] = 1.0  # duplicates were summed: count each pair once
+    item_degree = np.asarray(x.sum(1)).ravel()
+    user_degree = np.asarray(x.sum(0)).ravel()
+    x = sp.csr_matrix(sp.diags(1 / np.sqrt(np.maximum(item_degree, 1))) @ x
+                      @ sp.diags(1 / np.sqrt(np.maximum(user_degree, 1))))
+    k = min(dim, min(x.shape) - 1)
+    if k < 1 or x.nnz == 0:
+        raise UserError("sid_vector_source: the training split has too few interactions "
+                        "for collaborative item vectors; use sid_vector_source: content")
+    unseen = int((item_degree == 0).sum())
+    if unseen:
+        logging.getLogger().warning(
+            "%d of %d items have no training interaction: zero collaborative vectors "
+            "(one shared code, told apart by the dedup token)", unseen, n_items - 1)
+    vectors = svd_vectors(x, k, seed)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
 
 
 def sentence_embed(texts: list[str], model_name: str) -> np.ndarray:
@@ -248,7 +288,48 @@ def _field_source(dataset, field: str) -> VectorSource:
     )
 
 
+VECTOR_SOURCES = ("content", "interactions", "both")
+
+
+def _interaction_source(settings: SIDSettings, dataset) -> VectorSource:
+    pairs = getattr(dataset, "sid_train_pairs", None)
+    if pairs is None:
+        raise UserError("sid_vector_source: interactions reads the training split, which "
+                        "exists once the dataset is built (the runner and `python -m "
+                        "recbole_mdgr.tokenizer` build it)")
+    n_items, s = dataset.item_num, settings
+
+    def compute() -> np.ndarray:
+        return interaction_vectors(pairs, n_items, s.embedding_dim, s.seed)
+
+    digest = _sha(np.ascontiguousarray(pairs, dtype=np.int64).tobytes(), str(s.embedding_dim))
+    return VectorSource("interactions", digest, 0, compute)
+
+
+def _side_by_side(content: VectorSource, interactions: VectorSource) -> VectorSource:
+    """Both sources' vectors, each row L2-normalised, concatenated: equal weight."""
+
+    def compute() -> np.ndarray:
+        parts = [content.compute(), interactions.compute()]
+        return np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
+                               for p in parts], 1).astype(np.float32)
+
+    return VectorSource(f"{content.name}+interactions", _sha(content.digest, interactions.digest),
+                        content.items_without_text, compute)
+
+
 def vector_source(settings: SIDSettings, dataset) -> VectorSource:
+    """The item vectors ``sid_vector_source`` asks for: the items' content (by preference:
+    embedding file, embedding field, text), the training interactions, or both."""
+    if settings.vector_source == "interactions":
+        return _interaction_source(settings, dataset)
+    content = _content_source(settings, dataset)
+    if settings.vector_source == "both":
+        return _side_by_side(content, _interaction_source(settings, dataset))
+    return content
+
+
+def _content_source(settings: SIDSettings, dataset) -> VectorSource:
     """Pick the item-vector source by preference: embedding file, embedding field, text."""
     if settings.embedding_file:
         return _file_source(dataset, settings.embedding_file, settings.embedding_ids)

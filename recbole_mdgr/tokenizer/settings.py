@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from recbole_mdgr.errors import UserError
+from recbole_mdgr.errors import UserError, check_choice
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,7 @@ class SIDSettings:
     rqvae_latent: int = 32
     rqvae_batch_size: int = 1024
     rqvae_beta: float = 0.25
+    vector_source: str = "content"
     text_fields: tuple[str, ...] = ()
     text_encoder: str = "tfidf"
     embedding_dim: int = 256
@@ -78,6 +79,7 @@ class SIDSettings:
             rqvae_latent=int(get("sid_rqvae_latent", d.rqvae_latent)),
             rqvae_batch_size=int(get("sid_rqvae_batch_size", d.rqvae_batch_size)),
             rqvae_beta=float(get("sid_rqvae_beta", d.rqvae_beta)),
+            vector_source=str(get("sid_vector_source", d.vector_source)),
             text_fields=fields,
             text_encoder=str(get("sid_text_encoder", d.text_encoder)),
             embedding_dim=int(get("sid_embedding_dim", d.embedding_dim)),
@@ -89,10 +91,11 @@ class SIDSettings:
 
     def check(self) -> None:
         """Refuse, by key, settings no table can be built with (before any data is read)."""
-        from .embed import check_text_encoder
+        from .embed import VECTOR_SOURCES, check_text_encoder
         from .quantizers import check_quantizer
         from .sid_table import check_dedup_mode
 
+        check_choice("sid_vector_source", self.vector_source, VECTOR_SOURCES, "content")
         check_quantizer(self.quantizer)
         check_dedup_mode(self.dedup)
         check_text_encoder(self.text_encoder)
