@@ -44,7 +44,7 @@ def training_pairs(train) -> np.ndarray:
     """``[N, 2]`` int64: the distinct ``(user, item)`` pairs of a training split of prefix
     samples, sorted: what ``sid_vector_source: interactions`` builds item vectors from.
     Every training item but a user's first is some sample's target; the first opens the
-    history of every sample. Validation and test targets are not in it."""
+    history of the user's earliest sample. Validation and test targets are not in it."""
     feat = train.inter_feat
     users = feat[train.uid_field].numpy().astype(np.int64)
     first = feat[train.iid_field + train.config["LIST_SUFFIX"]][:, 0].numpy()
