@@ -102,6 +102,11 @@ def randomized_svd(
     return (q @ u_small)[:, :k], s[:k]
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """``x`` with each row L2-normalised; all-zero rows stay zero."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def svd_vectors(x: sp.spmatrix, k: int, seed: int) -> np.ndarray:
     """Rows of ``x`` in its top-``k`` singular directions, ``u * s``: ``[n, k]`` float32.
 
@@ -157,9 +162,7 @@ def interaction_vectors(pairs: np.ndarray, n_items: int, dim: int, seed: int) ->
         logging.getLogger().warning(
             "%d of %d items have no training interaction: zero collaborative vectors "
             "(one shared code, told apart by the dedup token)", unseen, n_items - 1)
-    vectors = svd_vectors(x, k, seed)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1)).astype(np.float32)
+    return unit_rows(svd_vectors(x, k, seed))
 
 
 def sentence_embed(texts: list[str], model_name: str) -> np.ndarray:
@@ -311,8 +314,7 @@ def _side_by_side(content: VectorSource, interactions: VectorSource) -> VectorSo
 
     def compute() -> np.ndarray:
         parts = [content.compute(), interactions.compute()]
-        return np.concatenate([p / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12)
-                               for p in parts], 1).astype(np.float32)
+        return np.concatenate([unit_rows(p) for p in parts], 1).astype(np.float32)
 
     return VectorSource(f"{content.name}+interactions", _sha(content.digest, interactions.digest),
                         content.items_without_text, compute)

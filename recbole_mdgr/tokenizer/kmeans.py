@@ -15,6 +15,8 @@ import torch
 
 from recbole_mdgr.errors import UserError
 
+from .embed import unit_rows
+
 
 @contextmanager
 def build_threads(n: int) -> Iterator[None]:
@@ -79,8 +81,7 @@ def residual_kmeans(
     books = []
     for level, k in enumerate(sizes):
         if normalize:
-            norm = np.linalg.norm(residual, axis=1, keepdims=True)
-            residual = residual / np.maximum(norm, 1e-12)
+            residual = unit_rows(residual)
         centroids, assign = kmeans(residual, k, iters, seed + level)
         codes[:, level] = assign
         books.append(centroids)
