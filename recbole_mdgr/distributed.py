@@ -63,12 +63,29 @@ def init_cpu_process_group(config: dict) -> None:
         config["verbose"] = False
 
 
+def shared_from_rank0(value: T) -> T:
+    """Rank 0's ``value`` on every process (a picklable object); ``value`` itself in one."""
+    if not is_multiprocess():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 class CPUDistributedMixin:
-    """Mix into a RecBole ``Trainer``: under gloo on CPU, wrap the model in
-    ``DistributedDataParallel`` without ``device_ids`` (RecBole passes the GPU index, which
-    DDP refuses for a CPU module)."""
+    """Mix into a RecBole ``Trainer``: every process uses rank 0's checkpoint file name, and
+    under gloo on CPU the model is wrapped in ``DistributedDataParallel`` without
+    ``device_ids`` (RecBole passes the GPU index, which DDP refuses for a CPU module).
+
+    RecBole names the checkpoint after each process's clock to the second, so two processes
+    that started a second apart looked for a file rank 0 never wrote when they reloaded the
+    best model for the test."""
 
     def __init__(self, config, model):
+        self._init_trainer(config, model)
+        self.saved_model_file = shared_from_rank0(self.saved_model_file)
+
+    def _init_trainer(self, config, model):
         if config["single_spec"] or config["device"].type != "cpu":
             super().__init__(config, model)
             return

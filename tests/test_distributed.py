@@ -7,7 +7,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from recbole_mdgr.distributed import rank0_first
+from recbole_mdgr.distributed import rank0_first, shared_from_rank0
 from recbole_mdgr.model.base import DecodeStats
 
 
@@ -25,18 +25,22 @@ def _worker(rank, folder):
         return time.monotonic()
 
     finished = rank0_first(build)
+    # each process's own checkpoint name, as RecBole makes it from the clock: rank 0's wins
+    name = shared_from_rank0(f"saved/TIGER-09-38-2{rank}.pth")
     with open(f"{folder}/rank{rank}.json", "w") as f:
         json.dump({"stats": [stats.users, stats.nfe, stats.generated, stats.invalid,
-                             stats.seconds], "finished": finished}, f)
+                             stats.seconds], "finished": finished, "name": name}, f)
     dist.destroy_process_group()
 
 
-def test_decode_stats_are_summed_and_rank0_builds_first(tmp_path):
+def test_decode_stats_are_summed_rank0_builds_first_and_its_names_are_shared(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     # users 3 + 4; nfe summed over users: 3 * 4 + 4 * 5; generated 10 + 20; invalid 0 + 1
     assert r0["stats"] == r1["stats"] == [7, 32.0, 30, 1, 1.5]
     assert r1["finished"] > r0["finished"]
+    assert r0["name"] == r1["name"] == "saved/TIGER-09-38-20.pth"
+    assert shared_from_rank0("one process") == "one process"
 
 
 def _free_port() -> str:
