@@ -138,8 +138,8 @@ def interaction_vectors(pairs: np.ndarray, n_items: int, dim: int, seed: int) ->
     """Collaborative item vectors ``[n_items - 1, dim']`` from training ``(user, item)``
     pairs ``[N, 2]`` (internal ids; repeats count once): the truncated SVD of the item x
     user incidence matrix normalised by degree on both sides, ``D_i^-1/2 X D_u^-1/2`` (the
-    normalised co-occurrence graph of spectral clustering), its rows L2-normalised as in Ng,
-    Jordan and Weiss's spectral clustering, so that items bought by the same users get
+    normalised co-occurrence graph of spectral clustering), as ``u * s``, its rows
+    L2-normalised (Ng, Jordan and Weiss normalise the rows of ``u`` itself), so that items bought by the same users get
     nearby vectors whatever their popularity (a rarely bought item's raw row is short and
     would sit near the origin with every other rare item). ``dim' = min(dim, rank bound)``.
     Items with no training interaction get a zero vector (they share a code, told apart by
