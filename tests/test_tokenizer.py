@@ -10,6 +10,7 @@ import logging
 import os
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 import torch
 from recbole.config import Config
@@ -219,6 +220,44 @@ def test_tfidf_vectors_are_identical_across_runs():
     np.testing.assert_array_equal(a, b)
 
 
+def test_arpack_solver_is_exact_where_the_randomized_svd_is_loose():
+    """On a flat spectrum (singular values 1.0 .. 0.5, full rank) the randomized SVD's 20
+    extra directions and 4 power iterations leave the trailing directions loose;
+    ``sid_svd_solver: arpack`` recovers the exact top-20 subspace and singular values."""
+    from collections import defaultdict
+
+    from recbole_mdgr.errors import UserError
+    from recbole_mdgr.tokenizer.embed import SVD_SOLVERS, svd_accuracy, svd_vectors
+
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.standard_normal((300, 200)))
+    v, _ = np.linalg.qr(rng.standard_normal((200, 200)))
+    s = np.linspace(1.0, 0.5, 200)
+    x = sp.csr_matrix((u * s) @ v.T)
+
+    def settings(**keys):
+        return SIDSettings.from_config(defaultdict(lambda: None, keys))
+
+    def share_and_error(solver):
+        got, values = SVD_SOLVERS[solver](x, 20, 0)
+        share = (np.linalg.svd(u[:, :20].T @ got, compute_uv=False) ** 2).mean()
+        return share, np.abs(values - s[:20]).max()
+
+    loose, loose_error = share_and_error(settings().svd_solver)  # the default
+    exact, exact_error = share_and_error(settings(sid_svd_solver="arpack").svd_solver)
+    assert loose < 0.8 and loose_error > 0.02
+    assert exact > 0.9999 and exact_error < 1e-8
+    assert svd_accuracy(x, 20, 0)["share_in_exact_subspace"] == pytest.approx(loose)
+    # the vectors: u * s, signs fixed, the same for the same seed
+    a = svd_vectors(x, 20, 3, "arpack")
+    np.testing.assert_allclose(np.abs(a), np.abs(u[:, :20] * s[:20]), atol=1e-5)
+    np.testing.assert_array_equal(a, svd_vectors(x, 20, 3, "arpack"))
+    assert (a[np.abs(a).argmax(0), np.arange(20)] > 0).all()
+    assert settings(sid_svd_solver="arpack").as_key() != settings().as_key()  # a new table
+    with pytest.raises(UserError, match="sid_svd_solver must be one of"):
+        settings(sid_svd_solver="exact").check()
+
+
 def test_items_without_text_are_counted_with_a_warning_and_no_nan(items60, tmp_path, caplog):
     _, _, dataset = items60
     with caplog.at_level(logging.WARNING):
@@ -336,6 +375,14 @@ def test_cli_builds_a_table_and_logs_its_stats(tiny, capsys, caplog):
     assert "SIDTable(n_items=41, m=" in capsys.readouterr().out
     stats = [r.getMessage() for r in caplog.records if r.getMessage().startswith("SID table:")]
     assert stats and "opq 2 x [5, 5]" in stats[0] and "utilisation" in stats[0]
+    # --svd_accuracy: on this small matrix the randomized SVD's 20 extra directions cover
+    # its whole rank, so it finds the exact subspace
+    conf.write_text(conf.read_text() + "sid_embedding_dim: 6\n")
+    main(["--dataset", "tiny", "--data_path", str(tmp), "--config_files", str(conf),
+          "--svd_accuracy"])
+    line = capsys.readouterr().out.splitlines()[-1]
+    assert line.startswith("text:tfidf 40 x ") and ", k=6:" in line
+    assert "1.000 of the randomized SVD's directions lie in the exact top-6 subspace" in line
 
 
 def test_minilm_encoder_without_its_packages_says_what_to_install(monkeypatch):

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
@@ -102,24 +103,57 @@ def randomized_svd(
     return (q @ u_small)[:, :k], s[:k]
 
 
+def arpack_svd(x: sp.spmatrix, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The exact top-``k`` left singular vectors ``[n, k]`` and values ``[k]`` (descending)
+    of sparse ``x`` by ARPACK (``scipy.sparse.linalg.svds``), started from a seeded vector."""
+    from scipy.sparse.linalg import svds
+
+    v0 = np.random.default_rng(seed).standard_normal(min(x.shape))
+    u, s, _ = svds(x.astype(np.float64), k=k, v0=v0)
+    order = np.argsort(-s)
+    return u[:, order], s[order]
+
+
+SVD_SOLVERS = {"randomized": randomized_svd, "arpack": arpack_svd}
+
+
+def svd_accuracy(x: sp.spmatrix, k: int, seed: int) -> dict:
+    """How close :func:`randomized_svd` comes to the exact top-``k`` SVD of ``x``
+    (:func:`arpack_svd`): the mean share of each randomized direction inside the exact
+    subspace (1 = exact), the k-th singular value of each, and the seconds each took."""
+    start = time.perf_counter()
+    u, s = randomized_svd(x, k, seed)
+    middle = time.perf_counter()
+    u_exact, s_exact = arpack_svd(x, k, seed)
+    end = time.perf_counter()
+    share = float((np.linalg.svd(u_exact.T @ u, compute_uv=False) ** 2).mean())
+    return {"share_in_exact_subspace": share, "s_k": float(s[-1]),
+            "s_k_exact": float(s_exact[-1]), "seconds": middle - start,
+            "seconds_exact": end - middle}
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """``x`` with each row L2-normalised; all-zero rows stay zero."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def svd_vectors(x: sp.spmatrix, k: int, seed: int) -> np.ndarray:
+def svd_vectors(x: sp.spmatrix, k: int, seed: int, solver: str = "randomized") -> np.ndarray:
     """Rows of ``x`` in its top-``k`` singular directions, ``u * s``: ``[n, k]`` float32.
 
-    Deterministic for a seed: the randomized SVD is seeded and each component's sign is
-    fixed so that its largest entry is positive.
+    ``solver`` (``sid_svd_solver``): ``randomized`` (:func:`randomized_svd`, the default) or
+    ``arpack`` (exact; on a flat spectrum such as an interaction matrix's the randomized
+    one's trailing directions are loose, docs/tokenizer.md). Deterministic for a seed: both
+    start from seeded random numbers and each component's sign is fixed so that its largest
+    entry is positive.
     """
-    u, s = randomized_svd(x, k, seed)
+    u, s = SVD_SOLVERS[solver](x, k, seed)
     sign = np.sign(u[np.abs(u).argmax(0), np.arange(k)])
     return (u * (s * sign)).astype(np.float32)
 
 
-def tfidf_svd(texts: list[str], dim: int, seed: int) -> np.ndarray:
-    """TF-IDF + truncated SVD (LSA): ``[n, dim']`` float32, ``dim' = min(dim, rank bound)``."""
+def tfidf_svd(texts: list[str], dim: int, seed: int, solver: str = "randomized") -> np.ndarray:
+    """TF-IDF + truncated SVD (LSA): ``[n, dim']`` float32, ``dim' = min(dim, rank bound)``;
+    ``solver``: see :func:`svd_vectors`."""
     x = tfidf_matrix(texts)
     k = min(dim, min(x.shape) - 1)
     if k < 1:
@@ -131,19 +165,12 @@ def tfidf_svd(texts: list[str], dim: int, seed: int) -> np.ndarray:
         logging.getLogger().info(
             "TF-IDF: %d terms, SVD dimension lowered %d -> %d", x.shape[1], dim, k
         )
-    return svd_vectors(x, k, seed)
+    return svd_vectors(x, k, seed, solver)
 
 
-def interaction_vectors(pairs: np.ndarray, n_items: int, dim: int, seed: int) -> np.ndarray:
-    """Collaborative item vectors ``[n_items - 1, dim']`` from training ``(user, item)``
-    pairs ``[N, 2]`` (internal ids; repeats count once): the truncated SVD of the item x
-    user incidence matrix normalised by degree on both sides, ``D_i^-1/2 X D_u^-1/2`` (the
-    normalised co-occurrence graph of spectral clustering), as ``u * s``, its rows
-    L2-normalised (Ng, Jordan and Weiss normalise the rows of ``u`` itself), so that items bought by the same users get
-    nearby vectors whatever their popularity (a rarely bought item's raw row is short and
-    would sit near the origin with every other rare item). ``dim' = min(dim, rank bound)``.
-    Items with no training interaction get a zero vector (they share a code, told apart by
-    the dedup token)."""
+def interaction_matrix(pairs: np.ndarray, n_items: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """``D_i^-1/2 X D_u^-1/2`` ``[n_items - 1, n_users]`` from ``(user, item)`` pairs (each
+    pair counted once) and the item degrees ``[n_items - 1]``."""
     users = np.asarray(pairs[:, 0], dtype=np.int64)
     items = np.asarray(pairs[:, 1], dtype=np.int64) - 1  # row 0 = internal item id 1
     n_users = int(users.max()) + 1 if len(users) else 1
@@ -153,6 +180,22 @@ def interaction_vectors(pairs: np.ndarray, n_items: int, dim: int, seed: int) ->
     user_degree = np.asarray(x.sum(0)).ravel()
     x = sp.csr_matrix(sp.diags(1 / np.sqrt(np.maximum(item_degree, 1))) @ x
                       @ sp.diags(1 / np.sqrt(np.maximum(user_degree, 1))))
+    return x, item_degree
+
+
+def interaction_vectors(pairs: np.ndarray, n_items: int, dim: int, seed: int,
+                        solver: str = "randomized") -> np.ndarray:
+    """Collaborative item vectors ``[n_items - 1, dim']`` from training ``(user, item)``
+    pairs ``[N, 2]`` (internal ids; repeats count once): the truncated SVD of the item x
+    user incidence matrix normalised by degree on both sides, ``D_i^-1/2 X D_u^-1/2`` (the
+    normalised co-occurrence graph of spectral clustering), as ``u * s``, its rows
+    L2-normalised (Ng, Jordan and Weiss normalise the rows of ``u`` itself), so that items
+    bought by the same users get nearby vectors whatever their popularity (a rarely bought
+    item's raw row is short and would sit near the origin with every other rare item).
+    ``dim' = min(dim, rank bound)``; ``solver``: see :func:`svd_vectors`.
+    Items with no training interaction get a zero vector (they share a code, told apart by
+    the dedup token)."""
+    x, item_degree = interaction_matrix(pairs, n_items)
     k = min(dim, min(x.shape) - 1)
     if k < 1 or x.nnz == 0:
         raise UserError("sid_vector_source: the training split has too few interactions "
@@ -162,7 +205,7 @@ def interaction_vectors(pairs: np.ndarray, n_items: int, dim: int, seed: int) ->
         logging.getLogger().warning(
             "%d of %d items have no training interaction: zero collaborative vectors "
             "(one shared code, told apart by the dedup token)", unseen, n_items - 1)
-    return unit_rows(svd_vectors(x, k, seed))
+    return unit_rows(svd_vectors(x, k, seed, solver))
 
 
 def sentence_embed(texts: list[str], model_name: str) -> np.ndarray:
@@ -202,12 +245,13 @@ def check_text_encoder(encoder: str) -> None:
                     f"'{SENTENCE_PREFIX}<name or local path>'")
 
 
-def encode_texts(texts: list[str], encoder: str, dim: int, seed: int) -> np.ndarray:
+def encode_texts(texts: list[str], encoder: str, dim: int, seed: int,
+                 solver: str = "randomized") -> np.ndarray:
     """Dispatch on ``sid_text_encoder``: ``tfidf``, ``minilm`` or
-    ``sentence-transformers:<name|path>``."""
+    ``sentence-transformers:<name|path>`` (``solver``: TF-IDF's SVD, :func:`svd_vectors`)."""
     check_text_encoder(encoder)
     if encoder == "tfidf":
-        return tfidf_svd(texts, dim, seed)
+        return tfidf_svd(texts, dim, seed, solver)
     if encoder == "minilm":
         return sentence_embed(texts, minilm_path())
     return sentence_embed(texts, encoder[len(SENTENCE_PREFIX) :])
@@ -303,7 +347,7 @@ def _interaction_source(settings: SIDSettings, dataset) -> VectorSource:
     n_items, s = dataset.item_num, settings
 
     def compute() -> np.ndarray:
-        return interaction_vectors(pairs, n_items, s.embedding_dim, s.seed)
+        return interaction_vectors(pairs, n_items, s.embedding_dim, s.seed, s.svd_solver)
 
     digest = _sha(np.ascontiguousarray(pairs, dtype=np.int64).tobytes(), str(s.embedding_dim))
     return VectorSource("interactions", digest, 0, compute)
@@ -346,7 +390,8 @@ def _content_source(settings: SIDSettings, dataset) -> VectorSource:
     s = settings
 
     def compute() -> np.ndarray:
-        return _check_finite(encode_texts(texts, s.text_encoder, s.embedding_dim, s.seed), "text")
+        vectors = encode_texts(texts, s.text_encoder, s.embedding_dim, s.seed, s.svd_solver)
+        return _check_finite(vectors, "text")
 
     return VectorSource(
         f"text:{s.text_encoder}", _sha("\n".join(texts), s.text_encoder), n_missing, compute

@@ -35,6 +35,7 @@ class SIDSettings:
     text_fields: tuple[str, ...] = ()
     text_encoder: str = "tfidf"
     embedding_dim: int = 256
+    svd_solver: str = "randomized"
     embedding_file: str | None = None
     embedding_ids: str | None = None
     embedding_field: str | None = None
@@ -83,6 +84,7 @@ class SIDSettings:
             text_fields=fields,
             text_encoder=str(get("sid_text_encoder", d.text_encoder)),
             embedding_dim=int(get("sid_embedding_dim", d.embedding_dim)),
+            svd_solver=str(get("sid_svd_solver", d.svd_solver)),
             embedding_file=config["sid_embedding_file"],
             embedding_ids=config["sid_embedding_ids"],
             embedding_field=config["sid_embedding_field"],
@@ -91,7 +93,7 @@ class SIDSettings:
 
     def check(self) -> None:
         """Refuse, by key, settings no table can be built with (before any data is read)."""
-        from .embed import VECTOR_SOURCES, check_text_encoder
+        from .embed import SVD_SOLVERS, VECTOR_SOURCES, check_text_encoder
         from .quantizers import check_quantizer
         from .sid_table import check_dedup_mode
 
@@ -99,6 +101,7 @@ class SIDSettings:
         check_quantizer(self.quantizer)
         check_dedup_mode(self.dedup)
         check_text_encoder(self.text_encoder)
+        check_choice("sid_svd_solver", self.svd_solver, tuple(SVD_SOLVERS), "randomized")
 
     def as_key(self) -> dict:
         """The settings that determine the codes (``cache`` does not), for hashing."""
