@@ -10,8 +10,8 @@ import logging
 import os
 
 import numpy as np
-import scipy.sparse as sp
 import pytest
+import scipy.sparse as sp
 import torch
 from recbole.config import Config
 from recbole.data.dataset import SequentialDataset

@@ -18,9 +18,8 @@ import logging
 from recbole_mdgr.config import Config
 from recbole_mdgr.data import SIDSequentialDataset
 from recbole_mdgr.errors import UserError
-from recbole_mdgr.tokenizer.embed import interaction_matrix, svd_accuracy, tfidf_matrix
+from recbole_mdgr.tokenizer.embed import svd_accuracy, svd_rank, vector_source
 from recbole_mdgr.tokenizer.settings import SIDSettings
-from recbole_mdgr.tokenizer.text import item_texts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,17 +71,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_svd_accuracy(dataset, settings: SIDSettings) -> None:
     """For each SVD the settings' vectors come from: how close the randomized one is."""
-    matrices = {}
-    if settings.vector_source in ("interactions", "both"):
-        matrices["interactions"] = interaction_matrix(dataset.sid_train_pairs, dataset.item_num)[0]
-    if settings.vector_source in ("content", "both") and settings.text_encoder == "tfidf" \
-            and not (settings.embedding_file or settings.embedding_field):
-        matrices["text:tfidf"] = tfidf_matrix(item_texts(dataset, settings.text_fields)[0])
-    if not matrices:
+    inputs = vector_source(settings, dataset).svd_inputs
+    if not inputs:
         raise UserError("--svd_accuracy: these item vectors come from no SVD (an embedding "
                         "file or field, or a sentence encoder)")
-    for name, x in matrices.items():
-        k = min(settings.embedding_dim, min(x.shape) - 1)
+    for name, matrix in inputs.items():
+        x = matrix()
+        k = svd_rank(x, settings.embedding_dim)
         r = svd_accuracy(x, k, settings.seed)
         print(f"{name} {x.shape[0]} x {x.shape[1]}, k={k}: {r['share_in_exact_subspace']:.3f} "
               f"of the randomized SVD's directions lie in the exact top-{k} subspace; s_k "

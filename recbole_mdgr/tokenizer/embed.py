@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -37,6 +37,8 @@ class VectorSource:
     digest: str  # sha256 hex of everything the vectors depend on
     items_without_text: int
     compute: Callable[[], np.ndarray]  # -> [item_num - 1, d] float32, finite
+    # the sparse matrices whose truncated SVD ``compute`` takes, by name (for --svd_accuracy)
+    svd_inputs: dict[str, Callable[[], sp.spmatrix]] = field(default_factory=dict)
 
 
 def _sha(*parts: bytes | str) -> str:
@@ -132,6 +134,11 @@ def svd_accuracy(x: sp.spmatrix, k: int, seed: int) -> dict:
             "seconds_exact": end - middle}
 
 
+def svd_rank(x: sp.spmatrix, dim: int) -> int:
+    """The SVD dimension for ``sid_embedding_dim`` ``dim``: at most ``min(x.shape) - 1``."""
+    return min(dim, min(x.shape) - 1)
+
+
 def unit_rows(x: np.ndarray) -> np.ndarray:
     """``x`` with each row L2-normalised; all-zero rows stay zero."""
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
@@ -155,7 +162,7 @@ def tfidf_svd(texts: list[str], dim: int, seed: int, solver: str = "randomized")
     """TF-IDF + truncated SVD (LSA): ``[n, dim']`` float32, ``dim' = min(dim, rank bound)``;
     ``solver``: see :func:`svd_vectors`."""
     x = tfidf_matrix(texts)
-    k = min(dim, min(x.shape) - 1)
+    k = svd_rank(x, dim)
     if k < 1:
         raise UserError(
             f"item text has too few shared words for TF-IDF ({x.shape[1]} terms in at least "
@@ -196,7 +203,7 @@ def interaction_vectors(pairs: np.ndarray, n_items: int, dim: int, seed: int,
     Items with no training interaction get a zero vector (they share a code, told apart by
     the dedup token)."""
     x, item_degree = interaction_matrix(pairs, n_items)
-    k = min(dim, min(x.shape) - 1)
+    k = svd_rank(x, dim)
     if k < 1 or x.nnz == 0:
         raise UserError("sid_vector_source: the training split has too few interactions "
                         "for collaborative item vectors; use sid_vector_source: content")
@@ -350,7 +357,8 @@ def _interaction_source(settings: SIDSettings, dataset) -> VectorSource:
         return interaction_vectors(pairs, n_items, s.embedding_dim, s.seed, s.svd_solver)
 
     digest = _sha(np.ascontiguousarray(pairs, dtype=np.int64).tobytes(), str(s.embedding_dim))
-    return VectorSource("interactions", digest, 0, compute)
+    return VectorSource("interactions", digest, 0, compute,
+                        {"interactions": lambda: interaction_matrix(pairs, n_items)[0]})
 
 
 def _side_by_side(content: VectorSource, interactions: VectorSource) -> VectorSource:
@@ -361,7 +369,8 @@ def _side_by_side(content: VectorSource, interactions: VectorSource) -> VectorSo
         return np.concatenate([unit_rows(p) for p in parts], 1).astype(np.float32)
 
     return VectorSource(f"{content.name}+interactions", _sha(content.digest, interactions.digest),
-                        content.items_without_text, compute)
+                        content.items_without_text, compute,
+                        {**content.svd_inputs, **interactions.svd_inputs})
 
 
 def vector_source(settings: SIDSettings, dataset) -> VectorSource:
@@ -393,7 +402,9 @@ def _content_source(settings: SIDSettings, dataset) -> VectorSource:
         vectors = encode_texts(texts, s.text_encoder, s.embedding_dim, s.seed, s.svd_solver)
         return _check_finite(vectors, "text")
 
+    svd_inputs = {"text:tfidf": lambda: tfidf_matrix(texts)} if s.text_encoder == "tfidf" else {}
     return VectorSource(
-        f"text:{s.text_encoder}", _sha("\n".join(texts), s.text_encoder), n_missing, compute
+        f"text:{s.text_encoder}", _sha("\n".join(texts), s.text_encoder), n_missing, compute,
+        svd_inputs,
     )
 
