@@ -103,7 +103,7 @@ def test_every_shipped_suite_names_known_models_and_config_keys():
     for name, row in noise.items():
         config = dict(row["config"])
         switches = (config.pop("mdgr_curriculum", True), config.pop("mdgr_history_aware", True))
-        if config == {"train_time_budget": 15}:
+        if config == {"train_time_budget": 15, "sid_vector_source": "content"}:
             cells[switches] = name
     assert set(cells) == {(True, True), (True, False), (False, True), (False, False)}, cells
     assert {row["preset"] for row in noise.values()} == {"MDGR-cpu"}

@@ -383,6 +383,32 @@ def test_cli_builds_a_table_and_logs_its_stats(tiny, capsys, caplog):
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("text:tfidf 40 x ") and ", k=6:" in line
     assert "1.000 of the randomized SVD's directions lie in the exact top-6 subspace" in line
+    # --collisions_by_popularity: five bands of items and the interaction-weighted line
+    main(["--dataset", "tiny", "--data_path", str(tmp), "--config_files", str(conf),
+          "--collisions_by_popularity"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-7].startswith("code collisions by popularity") and len(lines[-5:]) == 5
+    assert lines[-1].split()[:3] == ["all,", "by", "interactions"]
+
+
+def test_collisions_by_popularity_on_a_hand_made_catalogue():
+    """100 items, the item of rank r with 101 - r interactions; the items ranked 1-5 and
+    50-54 share one code (a crowded group of 10), every other item has its own."""
+    from recbole_mdgr.tokenizer.__main__ import collisions_by_popularity
+
+    degree = np.arange(100, 0, -1)
+    codes = np.stack([np.arange(100), np.zeros(100, int)], 1)
+    crowd = np.r_[0:5, 49:54]
+    codes[crowd, 0] = -1
+    rows = collisions_by_popularity(codes, degree)
+    assert [r["items"] for r in rows] == ["1-1", "2-3", "4-10", "11-30", "31-100",
+                                          "all, by interactions"]
+    assert [r["degree"] for r in rows[:2]] == [(100, 100), (98, 99)]
+    assert [r["crowded"] for r in rows[:5]] == pytest.approx([1, 1, 2 / 7, 0, 5 / 70])
+    assert [r["own"] for r in rows[:5]] == pytest.approx([0, 0, 5 / 7, 1, 65 / 70])
+    assert [r["largest"] for r in rows] == [10, 10, 10, 1, 10, 10]
+    assert rows[-1]["crowded"] == pytest.approx((490 + 245) / 5050)
+    assert rows[-1]["own"] == pytest.approx(1 - 735 / 5050)
 
 
 def test_minilm_encoder_without_its_packages_says_what_to_install(monkeypatch):

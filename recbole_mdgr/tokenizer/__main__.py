@@ -7,13 +7,16 @@ Example::
 
 Any other ``--key=value`` is passed to the config as RecBole's command line does.
 ``--svd_accuracy`` also compares the randomized SVD behind the vectors (TF-IDF text or
-interactions) with the exact one (``sid_svd_solver: arpack``).
+interactions) with the exact one (``sid_svd_solver: arpack``). ``--collisions_by_popularity``
+prints, for bands of items ranked by training interactions, how many share their code.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+
+import numpy as np
 
 from recbole_mdgr.config import Config
 from recbole_mdgr.data import SIDSequentialDataset
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no_cache", action="store_true", help="sid_cache: False")
     parser.add_argument("--svd_accuracy", action="store_true",
                         help="compare the randomized SVD of the vectors with the exact one")
+    parser.add_argument("--collisions_by_popularity", action="store_true",
+                        help="code collisions by band of item popularity (training split)")
     args, _ = parser.parse_known_args(argv)
 
     options = {
@@ -67,6 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     print(dataset.sid_table)
     if args.svd_accuracy:
         print_svd_accuracy(dataset, SIDSettings.from_config(config))
+    if args.collisions_by_popularity:
+        print_collisions_by_popularity(dataset)
 
 
 def print_svd_accuracy(dataset, settings: SIDSettings) -> None:
@@ -83,6 +90,50 @@ def print_svd_accuracy(dataset, settings: SIDSettings) -> None:
               f"of the randomized SVD's directions lie in the exact top-{k} subspace; s_k "
               f"{r['s_k']:.4f} (exact {r['s_k_exact']:.4f}); randomized {r['seconds']:.1f} s, "
               f"exact (sid_svd_solver: arpack) {r['seconds_exact']:.1f} s")
+
+
+POPULARITY_BANDS = (0.01, 0.03, 0.1, 0.3, 1.0)  # upper ends, as shares of the catalogue
+CROWD = 10  # a code shared by this many items or more is a crowded one
+
+
+def collisions_by_popularity(codes: np.ndarray, degree: np.ndarray) -> list[dict]:
+    """Per band of items ranked by ``degree`` (most popular first; bands end at
+    :data:`POPULARITY_BANDS` of the catalogue): the degree range, the share of items whose
+    code (before dedup) is their own, the share in groups of :data:`CROWD` or more items,
+    the largest group; last, all items with each item weighted by its degree (how targets
+    are drawn). ``codes [n, levels]`` and ``degree [n]`` cover the real items."""
+    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+    group = counts[inverse.ravel()]
+    order = np.argsort(-degree, kind="stable")
+    ends = [max(1, round(b * len(order))) for b in POPULARITY_BANDS]
+    rows = []
+    for start, end in zip([0] + ends[:-1], ends):
+        idx = order[start:end]
+        if len(idx):
+            rows.append({"items": f"{start + 1}-{end}", "degree": (int(degree[idx].min()),
+                         int(degree[idx].max())), "own": float((group[idx] == 1).mean()),
+                         "crowded": float((group[idx] >= CROWD).mean()),
+                         "largest": int(group[idx].max())})
+    weight = degree / max(degree.sum(), 1)
+    rows.append({"items": "all, by interactions", "degree": (int(degree.min()),
+                 int(degree.max())), "own": float(weight @ (group == 1)),
+                 "crowded": float(weight @ (group >= CROWD)), "largest": int(group.max())})
+    return rows
+
+
+def print_collisions_by_popularity(dataset) -> None:
+    table = dataset.sid_table
+    levels = len(table.stats["utilisation"])  # the positions before the dedup token
+    codes = table.codes[1:, :levels].cpu().numpy()
+    pairs = np.asarray(dataset.sid_train_pairs, dtype=np.int64)  # distinct (user, item)
+    degree = np.bincount(pairs[:, 1], minlength=table.n_items)[1:]
+    print(f"code collisions by popularity (items ranked by training interactions; "
+          f"crowded: a code shared by {CROWD} or more items)")
+    print(f"{'items':>22} {'interactions':>14} {'own code':>9} {'crowded':>8} {'largest':>8}")
+    for r in collisions_by_popularity(codes, degree):
+        lo, hi = r["degree"]
+        print(f"{r['items']:>22} {f'{lo}-{hi}':>14} {r['own']:>9.3f} {r['crowded']:>8.3f} "
+              f"{r['largest']:>8}")
 
 
 if __name__ == "__main__":
