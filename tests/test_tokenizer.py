@@ -383,12 +383,15 @@ def test_cli_builds_a_table_and_logs_its_stats(tiny, capsys, caplog):
     line = capsys.readouterr().out.splitlines()[-1]
     assert line.startswith("text:tfidf 40 x ") and ", k=6:" in line
     assert "1.000 of the randomized SVD's directions lie in the exact top-6 subspace" in line
-    # --collisions_by_popularity: five bands of items and the interaction-weighted line
+    # --collisions_by_popularity: 40 items in bands ending at 1%, 3%, 10%, 30%, 100% of
+    # them (the 3% band, ending at item 1 too, is empty and not printed), then all items
     main(["--dataset", "tiny", "--data_path", str(tmp), "--config_files", str(conf),
           "--collisions_by_popularity"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-7].startswith("code collisions by popularity") and len(lines[-5:]) == 5
-    assert lines[-1].split()[:3] == ["all,", "by", "interactions"]
+    title = next(i for i, line in enumerate(lines) if line.startswith("code collisions by"))
+    rows = [line.split() for line in lines[title + 2:]]
+    assert [r[0] for r in rows[:-1]] == ["1-1", "2-4", "5-12", "13-40"]
+    assert rows[-1][:3] == ["all,", "by", "interactions"] and len(rows) == 5
 
 
 def test_collisions_by_popularity_on_a_hand_made_catalogue():
