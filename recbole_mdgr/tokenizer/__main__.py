@@ -23,6 +23,7 @@ from recbole_mdgr.data import SIDSequentialDataset
 from recbole_mdgr.errors import UserError
 from recbole_mdgr.tokenizer.embed import svd_accuracy, svd_rank, vector_source
 from recbole_mdgr.tokenizer.settings import SIDSettings
+from recbole_mdgr.tokenizer.sid_table import collision_groups
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,8 +103,8 @@ def collisions_by_popularity(codes: np.ndarray, degree: np.ndarray) -> list[dict
     code (before dedup) is their own, the share in groups of :data:`CROWD` or more items,
     the largest group; last, all items with each item weighted by its degree (how targets
     are drawn). ``codes [n, levels]`` and ``degree [n]`` cover the real items."""
-    _, inverse, counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
-    group = counts[inverse.ravel()]
+    inverse, counts = collision_groups(codes)
+    group = counts[inverse]
     order = np.argsort(-degree, kind="stable")
     ends = [max(1, round(b * len(order))) for b in POPULARITY_BANDS]
     rows = []

@@ -283,6 +283,13 @@ class SIDTable:
         return f"SIDTable(n_items={self.n_items}, m={self.m}, vocab_sizes={self.vocab_sizes})"
 
 
+def collision_groups(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Items grouped by their whole code tuple: each item's group index ``[n]`` and each
+    group's size ``[G]`` (``counts[inverse]`` is the size of every item's group)."""
+    _, inverse, counts = np.unique(raw, axis=0, return_inverse=True, return_counts=True)
+    return inverse.reshape(-1), counts  # numpy 2.0 gives the inverse a trailing axis
+
+
 def dedup_codes(raw: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, int, dict]:
     """Make every item's SID unique by appending a dedup token where tuples collide.
 
@@ -298,8 +305,7 @@ def dedup_codes(raw: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, int, d
     """
     check_dedup_mode(mode)
     raw = np.ascontiguousarray(raw, dtype=np.int64)
-    _, inverse, counts = np.unique(raw, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
+    inverse, counts = collision_groups(raw)
     group_size = counts[inverse]
     stats = {
         "collision_rate": float((group_size > 1).mean()) if len(raw) else 0.0,
