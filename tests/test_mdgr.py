@@ -136,6 +136,27 @@ def test_rare_in_history_slots_are_masked_more_often():
     assert float(rate.max() - rate.min()) < 0.05  # 4,000 draws: about 6 standard errors
 
 
+@pytest.mark.parametrize("prob", [0.0, 0.5, 1.0])
+def test_suffix_mask_prob_masks_the_last_k_slots_that_often(prob):
+    table = parallel_table(L=4)
+    target = torch.tensor([[1, 2, 3, 4]]).repeat(8000, 1)
+    history = torch.tensor([[1, 2, 0, 0]] * 5)[None].repeat(8000, 1, 1)
+    plain = make_model(table).sample_mask(history, target, 0.5, torch.Generator().manual_seed(0))
+    model = make_model(table, mdgr_suffix_mask_prob=prob)
+    mask = model.sample_mask(history, target, 0.5, torch.Generator().manual_seed(0))
+    k = mask.sum(1)
+    assert torch.equal(k, plain.sum(1))  # the mask counts follow the curriculum all the same
+
+    def suffix_share(m):
+        return float((m == (torch.arange(4) >= (4 - k)[:, None])).all(1).float().mean())
+
+    # a suffix mask also arises by chance in the plain draw; the rest come from the knob
+    expected = prob + (1 - prob) * suffix_share(plain)
+    assert suffix_share(plain) < 0.6 and abs(suffix_share(mask) - expected) < 0.03
+    if prob == 0.0:
+        assert torch.equal(mask, plain)  # off: the very same masks as before the knob
+
+
 def test_random_masking_ablation_is_uniform_in_k():
     table = parallel_table(L=4)
     model = make_model(table, mdgr_curriculum=False)
@@ -181,12 +202,51 @@ def test_one_slot_per_step_equals_the_shared_one_slot_search():
     assert torch.equal(items_a, items_b) and torch.equal(scores_a, scores_b)
 
 
+def committed_slots(model, batch):
+    """Which slots every beam has committed, at each decoder call of one ``generate``."""
+    seen, original = [], model.decode
+
+    def spy(partial, *args, **kwargs):
+        seen.append((partial >= 0).clone())
+        return original(partial, *args, **kwargs)
+
+    model.decode = spy
+    model.generate(batch, k=5)
+    del model.decode
+    return seen
+
+
+@pytest.mark.parametrize("order", ["left_to_right", "greedy", "random"])
+def test_mdgr_order_picks_which_slots_each_step_commits(order):
+    table = parallel_table(L=5)
+    model = make_model(table, mdgr_warmup_steps=5, mdgr_order=order, seed=3)
+    seen = committed_slots(model, make_batch(table, B=3))
+    assert [s.sum(1).unique().tolist() for s in seen] == [[0], [1], [2], [3], [4]]
+    lowest_first = all((s == (torch.arange(5) < step)).all() for step, s in enumerate(seen))
+    assert lowest_first == (order == "left_to_right")
+
+
+def test_mdgr_random_order_follows_the_seed():
+    table = parallel_table(L=5)
+    batch = make_batch(table, B=3)
+    model = make_model(table, mdgr_warmup_steps=5, mdgr_order="random", seed=3)
+    first, again = committed_slots(model, batch), committed_slots(model, batch)
+    model.order_seed = 4
+    other = committed_slots(model, batch)
+    assert all(torch.equal(x, y) for x, y in zip(first, again))
+    assert not all(torch.equal(x, y) for x, y in zip(first, other))
+
+
 def test_invalid_knobs_are_refused():
     table = parallel_table(L=4)
     with pytest.raises(ValueError, match="mdgr_parallel=5"):
         make_model(table, mdgr_parallel=5)
     with pytest.raises(ValueError, match="mdgr_history_mix"):
         make_model(table, mdgr_history_mix=1.5)
+    with pytest.raises(ValueError, match="mdgr_suffix_mask_prob"):
+        make_model(table, mdgr_suffix_mask_prob=1.5)
+    with pytest.raises(ValueError, match="mdgr_order"):
+        make_model(table, mdgr_order="right_to_left")
 
 
 def test_loss_decreases_and_the_model_learns_its_targets():

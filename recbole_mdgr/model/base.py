@@ -154,9 +154,18 @@ class GenerativeRecommender(SequentialRecommender):
         self.encoder_buckets = config["encoder_buckets"]
         self.beam_size = config["beam_size"]
         self.sid_constrained = config["sid_constrained"]
+        self.order_seed = ConfigView(config)["seed"] or 0  # unmasking order `random`
         # code c at SID slot j is token offset_j + c + 1; 0 is padding
         offsets = torch.tensor([0, *self.sid_vocab_sizes[:-1]]).cumsum(0) + 1
         self.register_buffer("token_offset", offsets, persistent=False)  # (m,)
+
+    def order_generator(self):
+        """The seeded generator of the ``random`` unmasking order (``self.order``, set by
+        the masked models), None for the other orders: every evaluation draws the same
+        slots, so two evaluations of one checkpoint agree."""
+        if self.order != "random":
+            return None
+        return torch.Generator(device=self.token_offset.device).manual_seed(self.order_seed)
 
     def transformer(self, n_layers: int, cross_attention: bool = False) -> Transformer:
         """A :class:`~recbole_mdgr.model.layers.Transformer` with this model's knobs."""

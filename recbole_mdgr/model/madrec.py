@@ -115,7 +115,7 @@ class MADRec(GenerativeRecommender):
         self.min_t = config["madrec_min_t"]
         self.stratified_t = (config["madrec_t_sampling"] or "uniform") == "stratified"
         self.last_item_mask_prob = config["madrec_last_item_mask_prob"]
-        self.order = config["madrec_order"]
+        self.order = config["madrec_order"]  # order_generator() seeds its ``random``
         nfe = config["madrec_nfe"] or self.sid_len
         self.schedule = nfe_schedule(self.sid_len, nfe)
         self.attention = config["madrec_attention"] or "full"
@@ -131,7 +131,6 @@ class MADRec(GenerativeRecommender):
         if self.next_k_nfe and self.next_k_nfe > slots:
             raise UserError(f"madrec_next_k_nfe={self.next_k_nfe} exceeds the next_k x m = "
                             f"{slots} slots to decode; use 1..{slots}")
-        self.order_seed = config["seed"]
         self.dense = bool(view["madrec_dense"])
         self.retrieval = view["madrec_retrieval"] or "generative"
 
@@ -375,12 +374,6 @@ class MADRec(GenerativeRecommender):
                                                                width)
         self.decode_stats.add(B, nfe=len(schedule), generated=generated, invalid=invalid)
         return sessions, scores
-
-    def order_generator(self):
-        """The seeded generator of ``madrec_order: random`` (None for the other orders)."""
-        if self.order != "random":
-            return None
-        return torch.Generator(device=self.token_offset.device).manual_seed(self.order_seed)
 
     def decoding_step(self, interaction, n_next=1):
         """The decoding step for a batch and its next ``n_next`` items (:meth:`cached_step`

@@ -17,7 +17,7 @@ from torch import nn
 
 from recbole_mdgr.errors import UserError, check_choice
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
-from recbole_mdgr.model.decoding import finish_beams, masked_beam_search
+from recbole_mdgr.model.decoding import UNMASK_ORDERS, finish_beams, masked_beam_search
 from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length
 from recbole_mdgr.tokenizer.settings import SIDSettings
 
@@ -101,7 +101,8 @@ class MDGR(GenerativeRecommender):
     condition on their time step); ``mdgr_uniform_floor`` keeps some mass on every k.
 
     Decoding: ``mdgr_warmup_steps`` steps committing one slot per beam (chosen by
-    confidence: the largest top-1 minus top-2 probability), then steps of ``mdgr_parallel``
+    confidence: the largest top-1 minus top-2 probability; ``mdgr_order`` can instead take
+    the lowest masked slot first, or a seeded random one), then steps of ``mdgr_parallel``
     slots; ``beam_size`` beams throughout; constrained to real items' SIDs;
     NFE = R_warm + ceil((L - R_warm) / m_par), logged with every evaluation.
     """
@@ -119,13 +120,16 @@ class MDGR(GenerativeRecommender):
         for key in ("mdgr_gamma", "mdgr_curriculum_width", "mdgr_curriculum_epochs"):
             if not config[key] > 0:  # NaN fails too
                 raise UserError(f"{key} must be > 0, got {config[key]}")
-        for key in ("mdgr_full_mask_floor", "mdgr_history_mix"):
-            if not 0.0 <= config[key] <= 1.0:
-                raise UserError(f"{key} must be in [0, 1], got {config[key]}")
+        shares = {key: config[key] for key in ("mdgr_full_mask_floor", "mdgr_history_mix")}
+        shares["mdgr_suffix_mask_prob"] = config["mdgr_suffix_mask_prob"] or 0.0  # ~ = 0
+        for key, value in shares.items():
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"{key} must be in [0, 1], got {value}")
         uniform = config["mdgr_uniform_floor"] or 0.0
         if not (0.0 <= uniform and uniform + config["mdgr_full_mask_floor"] <= 1.0):
             raise UserError("mdgr_uniform_floor must be >= 0 and, with mdgr_full_mask_floor, "
                             f"at most 1; got {uniform} and {config['mdgr_full_mask_floor']}")
+        check_choice("mdgr_order", config["mdgr_order"], UNMASK_ORDERS, "greedy")
         check_choice("mdgr_difficulty_input", config["mdgr_difficulty_input"], DIFFICULTY_INPUTS,
                      "curriculum")
         encoder = check_choice("mdgr_history_encoder", config["mdgr_history_encoder"],
@@ -157,6 +161,8 @@ class MDGR(GenerativeRecommender):
         self.history_aware = bool(config["mdgr_history_aware"])
         self.history_smoothing = config["mdgr_history_smoothing"]
         self.history_mix = config["mdgr_history_mix"]
+        self.suffix_mask_prob = optional["mdgr_suffix_mask_prob"] or 0.0
+        self.order = optional["mdgr_order"] or "greedy"  # order_generator() seeds ``random``
         self.schedule = decoding_schedule(self.sid_len, config["mdgr_warmup_steps"],
                                           config["mdgr_parallel"])
         if config["mdgr_parallel"] > self.sid_len:
@@ -260,7 +266,9 @@ class MDGR(GenerativeRecommender):
 
     def sample_mask(self, item_seq_sid, target_sid, delta: float, generator=None):
         """``[B, m]`` bool: for each sample, k slots drawn without replacement (Gumbel
-        top-k over the log of :meth:`slot_weights`)."""
+        top-k over the log of :meth:`slot_weights`); with probability
+        ``mdgr_suffix_mask_prob`` the last k slots instead (the states ``left_to_right``
+        decoding visits)."""
         B, m = target_sid.shape
         device = target_sid.device
         k = self.sample_mask_counts(B, delta, generator).to(device)  # (B,)
@@ -268,7 +276,12 @@ class MDGR(GenerativeRecommender):
         u = torch.rand(B, m, generator=generator).to(device).clamp(1e-12, 1.0)
         keys = weights.log() - torch.log(-torch.log(u))  # Gumbel perturbation
         rank = keys.argsort(1, descending=True).argsort(1)  # (B, m): 0 = first drawn
-        return rank < k[:, None]
+        mask = rank < k[:, None]
+        if self.suffix_mask_prob > 0:  # drawn only when on: older runs' masks stay the same
+            suffix = torch.rand(B, generator=generator).to(device) < self.suffix_mask_prob
+            last_k = torch.arange(m, device=device) >= (m - k)[:, None]
+            mask = torch.where(suffix[:, None], last_k, mask)
+        return mask
 
     # ------------------------------------------------------------------ training
     @staticmethod
@@ -317,7 +330,8 @@ class MDGR(GenerativeRecommender):
             return self.decode(partial, memory, memory_mask, 1.0, cache).float().log_softmax(-1)
 
         sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,
-                                          self.schedule, "greedy", self.sid_constrained)
+                                          self.schedule, self.order, self.sid_constrained,
+                                          self.order_generator())
         items, scores, generated, invalid = finish_beams(self.sid_table, sids, scores, k)
         self.decode_stats.add(B, nfe=len(self.schedule), generated=generated, invalid=invalid)
         return items, scores
