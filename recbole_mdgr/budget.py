@@ -25,8 +25,10 @@ allows are extrapolated from the steps taken and the minutes spent so far, valid
 included, and rounded up to the end of the validation cycle that crosses the budget, so the
 total is set by the pace of the run, not by an epoch count that a time-budgeted run never
 reaches. Runs with it are reproducible only as far as their pace is:
-the same seed on a slower machine sees a different schedule. Each validation in
-``valid_curve`` then also records the learning rate of the last step.
+the same seed on a slower machine sees a different schedule. ``lr_schedule: epochs_linear``
+lowers it linearly to 0 over ``epochs`` epochs instead, whatever the pace (no budget needed):
+set ``epochs`` to the epochs a budgeted run took to repeat its schedule on another machine.
+Each validation in ``valid_curve`` then also records the learning rate of the last step.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from recbole.utils import set_color
 from recbole_mdgr.errors import UserError
 
 
-LR_SCHEDULES = ("budget_linear",)
+LR_SCHEDULES = ("budget_linear", "epochs_linear")
 
 
 def planned_steps(steps_done: int, minutes: float, budget: float, cycle: int = 1) -> float:
@@ -76,7 +78,7 @@ def check_budget_keys(config) -> None:
     if schedule is not None:
         if schedule not in LR_SCHEDULES:
             raise UserError(f"lr_schedule must be ~ or one of {LR_SCHEDULES}, got {schedule!r}")
-        if budget is None:
+        if schedule == "budget_linear" and budget is None:
             raise UserError(f"lr_schedule: {schedule} decays over train_time_budget: set a "
                             "budget (minutes) or lr_schedule: ~")
 
@@ -96,7 +98,10 @@ class TimeBudgetMixin:
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         self._epochs_trained = getattr(self, "_epochs_trained", 0) + 1
         self._position = [epoch_idx, 0]
-        if getattr(self, "_lr_schedule", None) and self._replans(epoch_idx):
+        schedule = getattr(self, "_lr_schedule", None)
+        if schedule == "epochs_linear":
+            self._planned_steps = self.epochs * len(train_data)
+        elif schedule and self._replans(epoch_idx):
             minutes = self._agreed((perf_counter() - self._fit_start) / 60)
             self._planned_steps = planned_steps(self._steps_done, minutes,
                                                 self.config["train_time_budget"],

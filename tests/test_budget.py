@@ -198,6 +198,24 @@ def test_budget_linear_plans_at_cycle_starts_so_the_rate_ends_at_zero(tiny, monk
     assert summary["valid_curve"][-1]["learning_rate"] == pytest.approx(0.01 / (4 * n))
 
 
+def test_epochs_linear_decays_over_the_epochs_whatever_the_pace(tiny, monkeypatch):
+    """``epochs_linear`` needs no budget and ignores the clock: 3 epochs of n steps run at
+    lr * (1 - s / 3n) from the very first step (a budget-free run has no pace to wait for),
+    and the last step at 1/(3n) of the rate; a clock reading an hour per step changes
+    nothing."""
+    from recbole_mdgr import budget
+
+    trainer, train_data, valid_data, n, rates = budget_linear_trainer(
+        tiny, epochs=3, lr_schedule="epochs_linear", train_time_budget=None, stopping_step=10)
+    monkeypatch.setattr(budget, "perf_counter", lambda: 3600.0 * getattr(trainer, "_steps_done", 0))
+    trainer.fit(train_data, valid_data, saved=False)
+
+    assert rates == pytest.approx([0.01 * (1 - s / (3 * n)) for s in range(3 * n)])
+    summary = trainer.training_summary
+    assert summary["stopped_by"] == "max_epochs" and summary["epochs"] == 3
+    assert summary["valid_curve"][-1]["learning_rate"] == pytest.approx(0.01 / (3 * n))
+
+
 @pytest.mark.parametrize("extra, message", [
     ({}, "lr_schedule: budget_linear decays over train_time_budget"),
     ({"train_time_budget": 5, "lr_schedule": "cosine"}, "lr_schedule must be ~ or one of"),
