@@ -98,10 +98,7 @@ class TimeBudgetMixin:
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
         self._epochs_trained = getattr(self, "_epochs_trained", 0) + 1
         self._position = [epoch_idx, 0]
-        schedule = getattr(self, "_lr_schedule", None)
-        if schedule == "epochs_linear":
-            self._planned_steps = self.epochs * len(train_data)
-        elif schedule and self._replans(epoch_idx):
+        if getattr(self, "_lr_schedule", None) == "budget_linear" and self._replans(epoch_idx):
             minutes = self._agreed((perf_counter() - self._fit_start) / 60)
             self._planned_steps = planned_steps(self._steps_done, minutes,
                                                 self.config["train_time_budget"],
@@ -222,7 +219,9 @@ class TimeBudgetMixin:
         budget = self.config["train_time_budget"]
         self._lr_schedule = self.config["lr_schedule"]
         self._epochs_trained, self._steps_done = 0, 0
-        self._planned_steps = float("inf")
+        # epochs_linear knows its steps from the start; budget_linear re-plans them per cycle
+        self._planned_steps = (self.epochs * len(train_data)
+                               if self._lr_schedule == "epochs_linear" else float("inf"))
         curve = []
         start = perf_counter()
         resumed = getattr(self, "_resumed", None)
