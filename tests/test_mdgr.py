@@ -249,9 +249,11 @@ def test_invalid_knobs_are_refused():
         make_model(table, mdgr_order="right_to_left")
 
 
-def test_loss_decreases_and_the_model_learns_its_targets():
+@pytest.mark.parametrize("token_memory", [False, True])
+def test_loss_decreases_and_the_model_learns_its_targets(token_memory):
     table = parallel_table(L=4)
-    model = make_model(table, initializer_range=0.02, dropout_prob=0.1)
+    model = make_model(table, initializer_range=0.02, dropout_prob=0.1,
+                       mdgr_token_memory=token_memory)
     batch = make_batch(table, B=8)
     torch.manual_seed(0)
     losses = overfit(model, batch, 200)
@@ -345,6 +347,67 @@ def test_history_item_ids_tell_apart_items_whose_sids_collide():
     used = batch["item_id_list"][real].unique()
     assert model.item_embedding.weight.grad[used].abs().sum(1).gt(0).all()
     assert model.item_embedding.weight.grad[0].abs().sum() == 0  # padding
+
+
+# ---------------------------------------------------------------------------- token memory
+def test_token_memory_is_one_entry_per_real_history_token():
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_token_memory=True)
+    batch = make_batch(table, B=6)
+    length = batch["item_length"]
+    history = batch["item_id_list_sid"][:, :int(length.max())]
+    memory, _ = model.encode(history, length)
+    tokens, mask = model.decoder_memory(memory, history)
+    B, L, m = history.shape
+    assert tokens.shape == (B, L * m, model.hidden_size)
+    assert mask.sum(1).tolist() == (length * m).tolist()  # every slot of every real item
+    b, j, s = 2, int(length[2]) - 1, 3
+    code = history[b, j, s] + model.token_offset[s]
+    assert torch.allclose(tokens[b, j * m + s], memory[b, j] + model.token_embedding.weight[code])
+    # without the option the decoder sees the item states themselves
+    model.token_memory = False
+    items, item_mask = model.decoder_memory(memory, history)
+    assert items is memory and torch.equal(item_mask, torch.arange(L) < length[:, None])
+
+
+def test_token_memory_logits_do_not_depend_on_the_batchs_padding():
+    """A user's logits in a batch of mixed lengths equal the user's alone: the mask hides
+    every padding token."""
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_token_memory=True)
+    batch = make_batch(table, B=6)
+    length = batch["item_length"]
+    history = batch["item_id_list_sid"][:, :int(length.max())]
+    partial = batch["item_id_sid"].clone()
+    partial[:, 1::2] = -1
+    memory, _ = model.encode(history, length)
+    together = model.decode(partial, *model.decoder_memory(memory, history), 1.0)
+    user = int(length.argmin())
+    assert length[user] < length.max()
+    n = int(length[user])
+    alone, _ = model.encode(history[user:user + 1, :n], length[user:user + 1])
+    own = model.decode(partial[user:user + 1],
+                       *model.decoder_memory(alone, history[user:user + 1, :n]), 1.0)
+    assert torch.allclose(together[user], own[0], atol=1e-5)
+
+
+def test_causal_rows_with_token_memory_see_what_inference_sees_on_that_prefix():
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_history_encoder="causal", train_sample_mode="windows",
+                       mdgr_token_memory=True)
+    batch = make_batch(table, B=6)
+    length = batch["item_length"]
+    history = batch["item_id_list_sid"][:, :int(length.max())]
+    memory, _ = model.encode(history, length)
+    user, _, row_history, row_target = MDGR.every_target(history, length, batch["item_id_sid"])
+    partial = row_target.clone()
+    partial[:, ::2] = -1
+    trained = model.decode(partial, *model.decoder_memory(memory[user], row_history), 1.0)
+    prefix_len = (row_history[:, :, 0] >= 0).sum(1)
+    alone, _ = model.encode(row_history[:, :int(prefix_len.max())], prefix_len)
+    inferred = model.decode(partial, *model.decoder_memory(alone, row_history[:, :alone.shape[1]]),
+                            1.0)
+    assert torch.allclose(trained, inferred, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------- mask probe

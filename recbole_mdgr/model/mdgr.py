@@ -72,6 +72,9 @@ class MDGR(GenerativeRecommender):
     then told apart on the input side (the output side stays SIDs only). It
     runs once per user per ``generate`` call; every decoding step reuses its output through
     cross-attention, whose keys/values are computed once and shared by the user's beams.
+    ``mdgr_token_memory`` (ours, off by default): the decoder cross-attends to one entry per
+    history token (its item's encoder state plus the token's embedding) instead of one per
+    item, as TIGER's decoder does; the encoder is unchanged.
 
     Decoder (``n_layers_dec``): bidirectional self-attention over the target's ``L`` slots
     and cross-attention to the history. Its input at slot ``j``: the committed code's token
@@ -157,6 +160,7 @@ class MDGR(GenerativeRecommender):
         self.difficulty_input = optional["mdgr_difficulty_input"] or "curriculum"
         self.causal = (optional["mdgr_history_encoder"] or "bidirectional") == "causal"
         self.history_item_ids = bool(optional["mdgr_history_item_ids"])
+        self.token_memory = bool(optional["mdgr_token_memory"])
         self.difficulty_bins = config["mdgr_difficulty_bins"]
         self.history_aware = bool(config["mdgr_history_aware"])
         self.history_smoothing = config["mdgr_history_smoothing"]
@@ -214,6 +218,20 @@ class MDGR(GenerativeRecommender):
         memory = encode_by_length(self.train_module("encoder"), x, item_seq_len,
                                   self.encoder_buckets, causal=self.causal)
         return memory, real[:, :, 0]
+
+    def decoder_memory(self, memory, history):
+        """Encoder states ``[B, L, d]`` and the history SIDs they came from ``[B, L, m]``
+        (-1 = padding or, for a causal row, an item after its prefix) -> what the decoder
+        cross-attends to and its mask. By default the item states (mask ``[B, L]``: real
+        items). With ``mdgr_token_memory`` one entry per history token, its item's state
+        plus the token's embedding, ``[B, L * m, d]`` (mask: real tokens): a slot's query
+        can then match the history's codes one by one, while the encoder still runs over
+        one vector per item."""
+        real = history >= 0
+        if not self.token_memory:
+            return memory, real[:, :, 0]
+        tokens = torch.where(real, history + self.token_offset, 0)
+        return (memory[:, :, None] + self.token_embedding(tokens)).flatten(1, 2), real.flatten(1)
 
     def decode(self, partial, memory, memory_mask, delta, cache=None):
         """Partial SIDs ``[N, m]`` (-1 = masked) over each user's memory (``N = B * W``
@@ -306,10 +324,11 @@ class MDGR(GenerativeRecommender):
         history = interaction[self.ITEM_SEQ_SID][:, :int(length.max())]
         target = interaction[self.POS_ITEM_SID]  # (B, m)
         delta = self.difficulty(self.progress())
-        memory, memory_mask = self.encode(history, length, interaction[self.ITEM_SEQ])
+        memory, _ = self.encode(history, length, interaction[self.ITEM_SEQ])
         if self.causal:  # every target of the sequence, from this one encoder pass
-            user, memory_mask, history, target = self.every_target(history, length, target)
-            memory = memory[user]
+            user, _, history, target = self.every_target(history, length, target)
+            memory = memory[user]  # the items after each row's prefix are -1 in its history
+        memory, memory_mask = self.decoder_memory(memory, history)
         mask = self.sample_mask(history, target, delta)
         logits = self.decode(target.masked_fill(mask, -1), memory, memory_mask, delta)
         if self.training:
@@ -319,9 +338,9 @@ class MDGR(GenerativeRecommender):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def generate(self, interaction, k):
-        memory, memory_mask = self.encode(interaction[self.ITEM_SEQ_SID],
-                                          interaction[self.ITEM_SEQ_LEN],
-                                          interaction[self.ITEM_SEQ])
+        history = interaction[self.ITEM_SEQ_SID]
+        memory, _ = self.encode(history, interaction[self.ITEM_SEQ_LEN], interaction[self.ITEM_SEQ])
+        memory, memory_mask = self.decoder_memory(memory, history[:, :memory.shape[1]])
         B = memory.shape[0]
         cache = KVCache(self.n_layers_dec)  # the memory's keys/values, once per call
         cache.freeze()  # the slots' own keys/values are recomputed at every step
