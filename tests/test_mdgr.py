@@ -315,7 +315,8 @@ def test_causal_loss_covers_every_target_of_the_sequences():
     decode = model.decode
     model.decode = lambda partial, *a: (seen.append(len(partial)), decode(partial, *a))[1]
     loss = model.calculate_loss(batch)
-    assert seen == [int(batch["item_length"].sum())] and torch.isfinite(loss)
+    assert sum(seen) == int(batch["item_length"].sum()) and torch.isfinite(loss)
+    assert len(seen) == model.encoder_buckets  # one decoder pass per length group
 
 
 def test_causal_encoder_needs_sequence_samples():
@@ -389,6 +390,31 @@ def test_token_memory_logits_do_not_depend_on_the_batchs_padding():
     own = model.decode(partial[user:user + 1],
                        *model.decoder_memory(alone, history[user:user + 1, :n]), 1.0)
     assert torch.allclose(together[user], own[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("token_memory", [False, True])
+def test_decoding_by_length_groups_equals_one_padded_pass(token_memory):
+    """Training decodes per group of similar history length with the memory cut to the
+    group's longest history: the same logits as one pass over the padded batch."""
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_token_memory=token_memory, encoder_buckets=3)
+    batch = make_batch(table, B=9)
+    length = batch["item_length"]
+    history = batch["item_id_list_sid"][:, :int(length.max())]
+    partial = batch["item_id_sid"].clone()
+    partial[:, ::2] = -1
+    memory, _ = model.encode(history, length)
+    memory, memory_mask = model.decoder_memory(memory, history)
+    cuts = []
+    decode = model.decode
+    model.decode = lambda p, mem, *a: (cuts.append(mem.shape[1]), decode(p, mem, *a))[1]
+    grouped = model.decode_by_length(partial, memory, memory_mask, 1.0, length)
+    padded = decode(partial, memory, memory_mask, 1.0)
+    assert torch.allclose(grouped, padded, atol=1e-5)
+    per_item = 4 if token_memory else 1
+    groups = length.sort().values.chunk(3)
+    assert cuts == [int(g.max()) * per_item for g in groups]  # shorter groups, shorter memory
+    assert cuts[0] < memory.shape[1]
 
 
 def test_causal_rows_with_token_memory_see_what_inference_sees_on_that_prefix():

@@ -18,7 +18,7 @@ from torch import nn
 from recbole_mdgr.errors import UserError, check_choice
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import UNMASK_ORDERS, finish_beams, masked_beam_search
-from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length
+from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length, length_buckets
 from recbole_mdgr.tokenizer.settings import SIDSettings
 
 
@@ -249,6 +249,22 @@ class MDGR(GenerativeRecommender):
         hidden = decoder(self.dropout(x), memory=memory, memory_mask=memory_mask, cache=cache)
         return self.slot_logits(hidden)
 
+    def decode_by_length(self, partial, memory, memory_mask, delta, lengths):
+        """:meth:`decode` per ``encoder_buckets`` group of rows of similar history length
+        ``lengths`` ``[N]`` (items), each group's memory cut to its longest history: the
+        cross-attention, whose keys/values are projected from every memory entry in every
+        layer, never works on another group's padding. The logits equal one :meth:`decode`
+        over the padded batch (masked keys weigh exactly 0)."""
+        per_item = memory.shape[1] // int(lengths.max())  # m with the token memory, else 1
+        logits = None
+        for rows, key_mask in length_buckets(lengths, self.encoder_buckets):
+            S = key_mask.shape[1] * per_item
+            group = self.decode(partial[rows], memory[rows, :S], memory_mask[rows, :S], delta)
+            if logits is None:
+                logits = group.new_empty((len(partial),) + group.shape[1:])
+            logits[rows] = group
+        return logits
+
     # ------------------------------------------------------------------ noise
     def progress(self) -> float:
         """Training progress p in [0, 1]: steps over ``mdgr_curriculum_epochs`` epochs."""
@@ -330,7 +346,8 @@ class MDGR(GenerativeRecommender):
             memory = memory[user]  # the items after each row's prefix are -1 in its history
         memory, memory_mask = self.decoder_memory(memory, history)
         mask = self.sample_mask(history, target, delta)
-        logits = self.decode(target.masked_fill(mask, -1), memory, memory_mask, delta)
+        logits = self.decode_by_length(target.masked_fill(mask, -1), memory, memory_mask, delta,
+                                       (history[:, :, 0] >= 0).sum(1))
         if self.training:
             self.train_steps += 1
         return F.cross_entropy(logits[mask].float(), target[mask])
