@@ -248,9 +248,10 @@ def preset_settings(preset: str | None) -> dict:
 
 def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> list[str]:
     """Finished runs in ``out`` that a re-run would skip although the row, dataset, preset
-    (its name, or the keys it set, for runs that recorded them, except keys the row's config
-    or the overrides set) or overrides asked for now differ from theirs: one line per
-    difference."""
+    or overrides asked for now differ from theirs: one line per difference. For runs that
+    recorded the keys their preset set, the preset's keys and the row's config are compared
+    together, as the settings they make (a row that now pins what the preset used to set is
+    the same setting); keys the overrides set are compared as overrides."""
     asked = settings(overrides)
     lines = []
     for name, row in rows.items():
@@ -263,14 +264,23 @@ def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> l
         preset = preset_for(row["model"], row.get("preset", args.preset))
         now = {"dataset": args.dataset, "config": row.get("config") or {}, "overrides": asked,
                "preset": preset}
+        effective = "preset_config" in run and stored["preset"] == preset
         lines += [f"{path}: {key} {stored[key]!r}, asked now {now[key]!r}"
-                  for key in now if stored[key] != now[key]]
-        if "preset_config" in run and stored["preset"] == preset:
-            was, current = run["preset_config"], preset_settings(preset)
-            won = {*now["config"], *asked}  # keys the row or the command line set win
-            lines += [f"{path}: preset {preset} set {key}: {was.get(key)!r}, and sets "
-                      f"{current.get(key)!r} now" for key in sorted({*was, *current} - won)
-                      if was.get(key) != current.get(key)]
+                  for key in now if stored[key] != now[key]
+                  and not (effective and key == "config")]
+        if effective:  # compare what preset + row config set, whichever of the two sets it
+            was = {**run["preset_config"], **stored["config"]}
+            current = {**preset_settings(preset), **now["config"]}
+            for key in sorted({*was, *current} - set(asked)):  # the command line wins
+                if was.get(key) == current.get(key):
+                    continue
+                if key in stored["config"] or key in now["config"]:
+                    source = f"preset {preset} and row config" if preset else "row config"
+                    lines.append(f"{path}: {key} {was.get(key)!r} ({source}), asked now "
+                                 f"{current.get(key)!r}")
+                else:
+                    lines.append(f"{path}: preset {preset} set {key}: {was.get(key)!r}, and "
+                                 f"sets {current.get(key)!r} now")
     return lines
 
 

@@ -222,6 +222,23 @@ def test_a_rerun_refuses_finished_runs_made_with_other_settings(tmp_path):
     assert stale_runs(str(out), rows, args, overrides) == []
     (out / "runs" / "TIGER.json").write_text(json.dumps(run))  # recorded before the field
     assert stale_runs(str(out), rows, args, overrides) == []
+    # preset and row config make one setting: a row that pins what the preset set when the
+    # run was made is the same setting; a row that changes it is not
+    (out / "runs" / "TIGER.json").write_text(json.dumps({**run, "preset_config": was}))
+    rows = {"TIGER": {"model": "TIGER",
+                      "config": {"stopping_step": -1, "train_time_budget": None}}}
+    assert stale_runs(str(out), rows, args, overrides) == []
+    rows = {"TIGER": {"model": "TIGER",
+                      "config": {"stopping_step": 3, "train_time_budget": None}}}
+    assert stale_runs(str(out), rows, args, overrides) == [
+        f"{out / 'runs' / 'TIGER.json'}: stopping_step -1 (preset TIGER-cpu and row config), "
+        f"asked now 3"]
+    args.preset = None  # no preset: the row config alone
+    (out / "runs" / "TIGER.json").write_text(json.dumps({**old, "overrides": ["--epochs=3"],
+                                                         "preset_config": {}}))
+    rows = {"TIGER": {"model": "TIGER", "config": {"train_drop_ratio": 0.5}}}
+    assert stale_runs(str(out), rows, args, overrides) == [
+        f"{out / 'runs' / 'TIGER.json'}: train_drop_ratio None (row config), asked now 0.5"]
 
 
 def test_data_constrained_runs_report_the_share_of_the_full_data_metric_they_keep(tmp_path):
