@@ -246,12 +246,28 @@ def preset_settings(preset: str | None) -> dict:
         return yaml.safe_load(f) or {}
 
 
+def default_settings(model: str) -> dict:
+    """The keys the plugin's overall.yaml and ``model``'s property file set now ({} for
+    RecBole's own models, which have no plugin file): what a run's preset and row config
+    leave unset. A default changed since a run is not seen."""
+    import yaml
+
+    from recbole_mdgr.config import plugin_yaml_files
+
+    settings_ = {}
+    for path in plugin_yaml_files(model, ""):
+        with open(path) as f:
+            settings_.update(yaml.safe_load(f) or {})
+    return settings_
+
+
 def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> list[str]:
     """Finished runs in ``out`` that a re-run would skip although the row, dataset, preset
     or overrides asked for now differ from theirs: one line per difference. For runs that
-    recorded the keys their preset set, the preset's keys and the row's config are compared
-    together, as the settings they make (a row that now pins what the preset used to set is
-    the same setting); keys the overrides set are compared as overrides."""
+    recorded the keys their preset set, the model's defaults, the preset's keys and the
+    row's config are compared together, as the settings they make (a row that now pins what
+    the preset used to set, or what the model's default was, is the same setting); keys the
+    overrides set are compared as overrides."""
     asked = settings(overrides)
     lines = []
     for name, row in rows.items():
@@ -269,8 +285,9 @@ def stale_runs(out: str, rows: dict[str, dict], args, overrides: list[str]) -> l
                   for key in now if stored[key] != now[key]
                   and not (effective and key == "config")]
         if effective:  # compare what preset + row config set, whichever of the two sets it
-            was = {**run["preset_config"], **stored["config"]}
-            current = {**preset_settings(preset), **now["config"]}
+            defaults = default_settings(row["model"])  # what a key neither sets is
+            was = {**defaults, **run["preset_config"], **stored["config"]}
+            current = {**defaults, **preset_settings(preset), **now["config"]}
             for key in sorted({*was, *current} - set(asked)):  # the command line wins
                 if was.get(key) == current.get(key):
                     continue

@@ -194,7 +194,7 @@ def test_a_rerun_refuses_finished_runs_made_with_other_settings(tmp_path):
         f"{out / 'runs' / 'TIGER.json'}: config {{}}, asked now {{'train_drop_ratio': 0.5}}"]
 
     # a preset whose file changed since the run (runs record the keys it set then)
-    from recbole_mdgr.benchmark import preset_settings
+    from recbole_mdgr.benchmark import default_settings, preset_settings
 
     now = preset_settings("TIGER-cpu")
     assert now["train_time_budget"] > 0 and preset_settings(None) == {}
@@ -233,12 +233,23 @@ def test_a_rerun_refuses_finished_runs_made_with_other_settings(tmp_path):
     assert stale_runs(str(out), rows, args, overrides) == [
         f"{out / 'runs' / 'TIGER.json'}: stopping_step -1 (preset TIGER-cpu and row config), "
         f"asked now 3"]
+    # a key neither the preset nor the row set was the model's default: pinning it to that
+    # default is the same setting
+    (out / "runs" / "TIGER.json").write_text(json.dumps({**run, "preset_config": now}))
+    default = default_settings("TIGER")["tiger_decode"]
+    rows = {"TIGER": {"model": "TIGER", "config": {"tiger_decode": default}}}
+    assert stale_runs(str(out), rows, args, overrides) == []
+    rows = {"TIGER": {"model": "TIGER", "config": {"tiger_decode": "not-" + default}}}
+    assert stale_runs(str(out), rows, args, overrides) == [
+        f"{out / 'runs' / 'TIGER.json'}: tiger_decode {default!r} (preset TIGER-cpu and row "
+        f"config), asked now {'not-' + default!r}"]
     args.preset = None  # no preset: the row config alone
     (out / "runs" / "TIGER.json").write_text(json.dumps({**old, "overrides": ["--epochs=3"],
                                                          "preset_config": {}}))
     rows = {"TIGER": {"model": "TIGER", "config": {"train_drop_ratio": 0.5}}}
     assert stale_runs(str(out), rows, args, overrides) == [
-        f"{out / 'runs' / 'TIGER.json'}: train_drop_ratio None (row config), asked now 0.5"]
+        f"{out / 'runs' / 'TIGER.json'}: train_drop_ratio "
+        f"{default_settings('TIGER')['train_drop_ratio']!r} (row config), asked now 0.5"]
 
 
 def test_data_constrained_runs_report_the_share_of_the_full_data_metric_they_keep(tmp_path):
