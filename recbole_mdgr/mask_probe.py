@@ -48,9 +48,7 @@ def masked_slot_accuracy(model: MDGR, batches, seed: int = 0) -> list[dict]:
     loss, correct, slots = [0.0] * m, [0] * m, [0] * m
     for interaction in batches:
         interaction = interaction.to(model.device)
-        memory, memory_mask = model.encode(interaction[model.ITEM_SEQ_SID],
-                                           interaction[model.ITEM_SEQ_LEN],
-                                           interaction[model.ITEM_SEQ])
+        memory, memory_mask = model.history_memory(interaction)
         target = interaction[model.POS_ITEM_SID]
         for k in range(1, m + 1):
             mask = random_masks(len(target), m, k, generator).to(target.device)

@@ -358,7 +358,8 @@ def test_token_memory_is_one_entry_per_real_history_token():
     length = batch["item_length"]
     history = batch["item_id_list_sid"][:, :int(length.max())]
     memory, _ = model.encode(history, length)
-    tokens, mask = model.decoder_memory(memory, history)
+    factored, mask = model.decoder_memory(memory, history)
+    tokens = factored.dense()
     B, L, m = history.shape
     assert tokens.shape == (B, L * m, model.hidden_size)
     assert mask.sum(1).tolist() == (length * m).tolist()  # every slot of every real item
@@ -407,14 +408,15 @@ def test_decoding_by_length_groups_equals_one_padded_pass(token_memory):
     memory, memory_mask = model.decoder_memory(memory, history)
     cuts = []
     decode = model.decode
-    model.decode = lambda p, mem, *a: (cuts.append(mem.shape[1]), decode(p, mem, *a))[1]
+    model.decode = lambda p, mem, mask, *a: (cuts.append(mask.shape[1]),
+                                             decode(p, mem, mask, *a))[1]
     grouped = model.decode_by_length(partial, memory, memory_mask, 1.0, length)
     padded = decode(partial, memory, memory_mask, 1.0)
     assert torch.allclose(grouped, padded, atol=1e-5)
     per_item = 4 if token_memory else 1
     groups = length.sort().values.chunk(3)
     assert cuts == [int(g.max()) * per_item for g in groups]  # shorter groups, shorter memory
-    assert cuts[0] < memory.shape[1]
+    assert cuts[0] < memory_mask.shape[1]
 
 
 def test_causal_rows_with_token_memory_see_what_inference_sees_on_that_prefix():

@@ -18,7 +18,8 @@ from torch import nn
 from recbole_mdgr.errors import UserError, check_choice
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import UNMASK_ORDERS, finish_beams, masked_beam_search
-from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length, length_buckets
+from recbole_mdgr.model.layers import (Dropout, KVCache, SumMemory, encode_by_length,
+                                       length_buckets)
 from recbole_mdgr.tokenizer.settings import SIDSettings
 
 
@@ -224,14 +225,15 @@ class MDGR(GenerativeRecommender):
         (-1 = padding or, for a causal row, an item after its prefix) -> what the decoder
         cross-attends to and its mask. By default the item states (mask ``[B, L]``: real
         items). With ``mdgr_token_memory`` one entry per history token, its item's state
-        plus the token's embedding, ``[B, L * m, d]`` (mask: real tokens): a slot's query
-        can then match the history's codes one by one, while the encoder still runs over
-        one vector per item."""
+        plus the token's embedding, ``L * m`` entries (mask ``[B, L * m]``: real tokens),
+        kept as a :class:`SumMemory` (the cross-attention projects the ``L`` states and the
+        token table, not the ``L * m`` sums): a slot's query can then match the history's
+        codes one by one, while the encoder still runs over one vector per item."""
         real = history >= 0
         if not self.token_memory:
             return memory, real[:, :, 0]
         tokens = torch.where(real, history + self.token_offset, 0)
-        return (memory[:, :, None] + self.token_embedding(tokens)).flatten(1, 2), real.flatten(1)
+        return SumMemory(memory, tokens, self.token_embedding.weight), real.flatten(1)
 
     def decode(self, partial, memory, memory_mask, delta, cache=None):
         """Partial SIDs ``[N, m]`` (-1 = masked) over each user's memory (``N = B * W``
@@ -255,11 +257,14 @@ class MDGR(GenerativeRecommender):
         cross-attention, whose keys/values are projected from every memory entry in every
         layer, never works on another group's padding. The logits equal one :meth:`decode`
         over the padded batch (masked keys weigh exactly 0)."""
-        per_item = memory.shape[1] // int(lengths.max())  # m with the token memory, else 1
+        per_item = memory_mask.shape[1] // int(lengths.max())  # m with the token memory
         logits = None
         for rows, key_mask in length_buckets(lengths, self.encoder_buckets):
-            S = key_mask.shape[1] * per_item
-            group = self.decode(partial[rows], memory[rows, :S], memory_mask[rows, :S], delta)
+            n = key_mask.shape[1]
+            group_memory = (memory.take(rows, n) if isinstance(memory, SumMemory)
+                            else memory[rows, :n])
+            group = self.decode(partial[rows], group_memory, memory_mask[rows, :n * per_item],
+                                delta)
             if logits is None:
                 logits = group.new_empty((len(partial),) + group.shape[1:])
             logits[rows] = group
@@ -353,12 +358,17 @@ class MDGR(GenerativeRecommender):
         return F.cross_entropy(logits[mask].float(), target[mask])
 
     # ------------------------------------------------------------------ inference
-    @torch.no_grad()
-    def generate(self, interaction, k):
+    def history_memory(self, interaction):
+        """What the decoder cross-attends to for the users of ``interaction`` (their
+        histories encoded, then :meth:`decoder_memory`) and its mask."""
         history = interaction[self.ITEM_SEQ_SID]
         memory, _ = self.encode(history, interaction[self.ITEM_SEQ_LEN], interaction[self.ITEM_SEQ])
-        memory, memory_mask = self.decoder_memory(memory, history[:, :memory.shape[1]])
-        B = memory.shape[0]
+        return self.decoder_memory(memory, history[:, :memory.shape[1]])
+
+    @torch.no_grad()
+    def generate(self, interaction, k):
+        memory, memory_mask = self.history_memory(interaction)
+        B = len(memory_mask)
         cache = KVCache(self.n_layers_dec)  # the memory's keys/values, once per call
         cache.freeze()  # the slots' own keys/values are recomputed at every step
 
