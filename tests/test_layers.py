@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from recbole_mdgr.model.layers import Block, Dropout, SumMemory, Transformer
+from recbole_mdgr.model.layers import Block, Dropout
 
 D, T = 16, 6
 
@@ -87,30 +87,3 @@ def test_mean_step_counts_the_flops_of_the_batches_it_times():
     seconds, flops = mean_step(step, timed_batches([4], steps=3))  # fewer than steps: repeated
     assert flops == 2 * 4**3 and seen[4:] == [4] * 6
 
-
-def test_sum_memory_attends_like_its_dense_entries_and_trains_the_same():
-    """A factored memory (states + table rows) gives the cross-attention the keys, values,
-    outputs and gradients of the (B, S * J, d) memory it stands for."""
-    torch.manual_seed(0)
-    B, S, J, V, d = 3, 5, 4, 11, 16
-    decoder = Transformer(2, d, 2, 8, 32, cross_attention=True)
-    states = torch.randn(B, S, d, requires_grad=True)
-    table = torch.randn(V, d, requires_grad=True)
-    index = torch.randint(0, V, (B, S, J))
-    factored = SumMemory(states, index, table)
-    dense = factored.dense()
-    assert torch.equal(dense[1, 2 * J + 3], states[1, 2] + table[index[1, 2, 3]])
-    mask = torch.rand(B, S * J) < 0.7
-    mask[:, 0] = True
-    x = torch.randn(B, 4, d)
-    got = decoder(x, memory=factored, memory_mask=mask)
-    want = decoder(x, memory=dense, memory_mask=mask)
-    assert torch.allclose(got, want, atol=1e-5)
-    grads = torch.autograd.grad(got.square().sum(), (states, table))
-    wanted = torch.autograd.grad(want.square().sum(), (states, table))
-    assert all(torch.allclose(g, w, atol=1e-4) for g, w in zip(grads, wanted))
-    # take(): rows and their first n states, as slicing the dense memory would
-    rows = torch.tensor([2, 0])
-    assert torch.equal(factored.take(rows, 2).dense(), dense[rows, :2 * J])
-    with pytest.raises(ValueError, match="bias-free"):
-        factored.project(torch.nn.Linear(d, d))

@@ -358,8 +358,7 @@ def test_token_memory_is_one_entry_per_real_history_token():
     length = batch["item_length"]
     history = batch["item_id_list_sid"][:, :int(length.max())]
     memory, _ = model.encode(history, length)
-    factored, mask = model.decoder_memory(memory, history)
-    tokens = factored.dense()
+    tokens, mask = model.decoder_memory(memory, history)
     B, L, m = history.shape
     assert tokens.shape == (B, L * m, model.hidden_size)
     assert mask.sum(1).tolist() == (length * m).tolist()  # every slot of every real item

@@ -30,8 +30,6 @@ axis, so the memory is never copied per beam (rows must be user-major: row = b *
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,32 +65,6 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
-class SumMemory(NamedTuple):
-    """Cross-attention memory whose entries are sums, ``states[b, i] + table[index[b, i, j]]``
-    (``(B, S * J, d)`` once flattened, entry ``i * J + j``), kept factored: the key/value
-    projections are linear without bias, so the projection of a sum is the sum of the
-    projections, computed on the ``S`` states and the ``V`` table rows and then gathered,
-    instead of on all ``S * J`` entries."""
-
-    states: torch.Tensor  # (B, S, d)
-    index: torch.Tensor  # (B, S, J) rows of ``table``
-    table: torch.Tensor  # (V, d)
-
-    def project(self, linear: nn.Linear) -> torch.Tensor:
-        """``linear`` (bias-free) of every entry -> (B, S * J, d_out)."""
-        if linear.bias is not None:
-            raise ValueError("SumMemory's factored projection needs a bias-free linear")
-        return (linear(self.states)[:, :, None] + linear(self.table)[self.index]).flatten(1, 2)
-
-    def dense(self) -> torch.Tensor:
-        """The entries themselves, (B, S * J, d)."""
-        return (self.states[:, :, None] + self.table[self.index]).flatten(1, 2)
-
-    def take(self, rows: torch.Tensor, n_states: int) -> "SumMemory":
-        """Batch rows ``rows``, their first ``n_states`` states (and those states' entries)."""
-        return SumMemory(self.states[rows, :n_states], self.index[rows, :n_states], self.table)
-
-
 class Attention(nn.Module):
     """Multi-head attention; self- or cross-attention depending on where k/v come from."""
 
@@ -106,16 +78,11 @@ class Attention(nn.Module):
         self.v = nn.Linear(d_model, inner, bias=False)
         self.o = nn.Linear(inner, d_model, bias=False)
 
-    def project_kv(self, src) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of ``src`` (B, S, d), or of a :class:`SumMemory`'s entries,
-        -> two (B, H, S, hd)."""
-        if isinstance(src, SumMemory):
-            k, v = src.project(self.k), src.project(self.v)
-        else:
-            k, v = self.k(src), self.v(src)
-        B, S, _ = k.shape
-        k = k.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+    def project_kv(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``src`` (B, S, d) -> two (B, H, S, hd)."""
+        B, S, _ = src.shape
+        k = self.k(src).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
+        v = self.v(src).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
         return k, v
 
     def forward(
