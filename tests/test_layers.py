@@ -86,4 +86,3 @@ def test_mean_step_counts_the_flops_of_the_batches_it_times():
     assert seen == [4, 8, 4, 8] and seconds > 0  # counted once, then timed once, each
     seconds, flops = mean_step(step, timed_batches([4], steps=3))  # fewer than steps: repeated
     assert flops == 2 * 4**3 and seen[4:] == [4] * 6
-
