@@ -26,7 +26,8 @@ def make_config(**overrides):
         "n_layers": 2, "hidden_size": 32, "n_heads": 2, "head_dim": 16, "inner_size": 64,
         "hidden_act": "relu", "dropout_prob": 0.0, "attn_dropout_prob": 0.0,
         "ffn_dropout_prob": 0.0, "initializer_range": 0.2, "encoder_buckets": 2,
-        "madrec_min_t": 0.001, "madrec_t_sampling": "uniform", "madrec_last_item_mask_prob": 0.0, "madrec_order": "greedy",
+        "madrec_min_t": 0.001, "madrec_t_sampling": "uniform", "madrec_last_item_mask_prob": 0.0,
+        "madrec_last_item_suffix": False, "madrec_order": "greedy",
         "madrec_nfe": None, "beam_size": 10, "sid_constrained": True, "seed": 0,
         "madrec_attention": "full",
     }
@@ -88,6 +89,27 @@ def test_mask_rate_follows_t_and_last_item_pattern():
     mask, t = model.sample_mask(real, n_items, gen)
     assert (t == 0.25).all()  # its masked share: 1 item of 4
     assert mask[:, 9:].all() and not mask[:, :9].any()  # item 4 of 4 = tokens 9..11
+
+
+def test_last_item_suffix_masks_the_last_k_tokens_of_the_last_item():
+    table = make_table(n_real=30, sizes=(4, 4))  # m = 3
+    model = make_model(table, madrec_last_item_mask_prob=1.0)
+    real = torch.ones(3000, 12, dtype=torch.bool)
+    real[:1000, 9:] = False  # a third of the sequences have 3 items, the rest 4
+    n_items = torch.full((3000,), 4)
+    n_items[:1000] = 3
+    gen = torch.Generator().manual_seed(0)
+    whole, _ = model.sample_mask(real, n_items, gen)
+    model.last_item_suffix = True
+    mask, t = model.sample_mask(real, n_items, gen)
+    assert (mask <= whole).all()  # inside the last item...
+    k = mask.sum(1)
+    last = (n_items * 3)[:, None] - 3 + torch.arange(3)  # the last item's 3 token positions
+    for i, at in enumerate(last.tolist()):  # ...and a suffix of it: the last k tokens
+        assert mask[i].nonzero().flatten().tolist() == at[3 - int(k[i]):]
+    counts = torch.bincount(k, minlength=4)[1:]
+    assert counts.min() > 900  # k uniform on 1..3 (1,000 expected each)
+    torch.testing.assert_close(t, k.float() / (3 * n_items.float()))  # the masked share
 
 
 def test_stratified_t_puts_one_sequence_in_each_stratum():

@@ -271,7 +271,8 @@ def test_every_target_rows_by_hand():
                            torch.stack([codes[3], codes[4], torch.tensor([-1, -1])])])
     length = torch.tensor([3, 2])
     target = torch.stack([codes[5], codes[6]])
-    user, visible, row_history, row_target = MDGR.every_target(history, length, target)
+    user, row_history, row_target = MDGR.every_target(history, length, target)
+    visible = row_history[..., 0] >= 0
     assert user.tolist() == [0, 0, 0, 1, 1]
     assert row_target.tolist() == [codes[i].tolist() for i in (1, 2, 5, 4, 6)]
     assert visible.tolist() == [[True, False, False], [True, True, False], [True, True, True],
@@ -289,8 +290,8 @@ def test_causal_training_rows_see_what_inference_sees_on_that_prefix():
     length = batch["item_length"]
     history = batch["item_id_list_sid"][:, :int(length.max())]
     memory, _ = model.encode(history, length)
-    user, visible, row_history, row_target = MDGR.every_target(history, length,
-                                                               batch["item_id_sid"])
+    user, row_history, row_target = MDGR.every_target(history, length, batch["item_id_sid"])
+    visible = row_history[..., 0] >= 0
     partial = row_target.clone()
     partial[:, ::2] = -1  # any fixed masking
     trained = model.decode(partial, memory[user], visible, 1.0)
@@ -426,7 +427,7 @@ def test_causal_rows_with_token_memory_see_what_inference_sees_on_that_prefix():
     length = batch["item_length"]
     history = batch["item_id_list_sid"][:, :int(length.max())]
     memory, _ = model.encode(history, length)
-    user, _, row_history, row_target = MDGR.every_target(history, length, batch["item_id_sid"])
+    user, row_history, row_target = MDGR.every_target(history, length, batch["item_id_sid"])
     partial = row_target.clone()
     partial[:, ::2] = -1
     trained = model.decode(partial, *model.decoder_memory(memory[user], row_history), 1.0)

@@ -56,7 +56,10 @@ class MADRec(GenerativeRecommender):
     ``madrec_last_item_mask_prob`` a sequence instead gets exactly its last item's ``m``
     tokens masked (the pattern inference sees), with ``t`` its masked share ``1 / n_items``:
     its ``m`` tokens then weigh as much as a random-``t`` sequence's masked tokens do on
-    average (``n_items * m`` CE terms), not ``n_items`` times less.
+    average (``n_items * m`` CE terms), not ``n_items`` times less. With
+    ``madrec_last_item_suffix`` (ours) only the last ``k`` of those tokens are masked, ``k``
+    uniform on ``1..m``: the states a left-to-right decoding passes through (TIGER's
+    teacher-forced ones, as MDGR's ``mdgr_suffix_mask_prob``); ``t`` is again the masked share.
 
     Inference: the history plus ``m`` mask tokens; :func:`masked_beam_search` commits slots
     in ``madrec_order`` (``greedy``: margin of top-1 over top-2 probability; the paper's
@@ -115,6 +118,7 @@ class MADRec(GenerativeRecommender):
         self.min_t = config["madrec_min_t"]
         self.stratified_t = (config["madrec_t_sampling"] or "uniform") == "stratified"
         self.last_item_mask_prob = config["madrec_last_item_mask_prob"]
+        self.last_item_suffix = bool(ConfigView(config)["madrec_last_item_suffix"])
         self.order = config["madrec_order"]  # order_generator() seeds its ``random``
         nfe = config["madrec_nfe"] or self.sid_len
         self.schedule = nfe_schedule(self.sid_len, nfe)
@@ -249,7 +253,9 @@ class MADRec(GenerativeRecommender):
             sampler: each ``t`` is still uniform, the batch's spread of ``t`` no longer
             random), each real token masked with probability ``t``; a sequence picked with probability
             ``madrec_last_item_mask_prob`` has exactly its last item masked and ``t`` its
-            masked share, ``1 / n_items``.
+            masked share, ``1 / n_items``; with ``madrec_last_item_suffix`` only the last
+            ``k`` of that item's ``m`` tokens, ``k`` uniform on ``1..m``, and ``t = k / (m *
+            n_items)``.
             With ``madrec_dense``, a sequence picked with probability ``madrec_dense_beta``
             masks whole items instead of tokens: each item's ``m`` tokens together, with
             probability ``t`` (paper §3.3).
@@ -272,8 +278,14 @@ class MADRec(GenerativeRecommender):
         if bool(last.any()):
             slot = torch.arange(S, device=device) // self.sid_len
             last_item = (slot[None, :] == (n_items - 1)[:, None]) & real
+            share = 1.0 / n_items.to(t.dtype)
+            if self.last_item_suffix:  # drawn only when on: older runs' masks stay the same
+                m = self.sid_len
+                k = torch.randint(1, m + 1, (B,), device=device, generator=generator)
+                last_item &= (torch.arange(S, device=device) % m)[None, :] >= (m - k)[:, None]
+                share = share * k.to(t.dtype) / m
             mask = torch.where(last[:, None], last_item, mask)
-            t = torch.where(last, 1.0 / n_items.to(t.dtype), t)
+            t = torch.where(last, share, t)
         return mask, t
 
     def masked_loss(self, codes, mask, t, n_items, items=None):

@@ -324,18 +324,17 @@ class MDGR(GenerativeRecommender):
     def every_target(history, length, target):
         """Every target of each sequence as a row, for the causal encoder: history SIDs
         ``[B, L, m]`` (left-aligned, ``length`` ``[B]`` real items) and the sample's target
-        ``[B, m]`` -> ``(user, visible, row_history, row_target)``: one row per history item
-        ``j`` (user-major, then ``j``), whose target is item ``j + 1`` (the sample's target
-        after the last), that sees history items ``0..j`` (``visible`` ``[N, L]`` bool;
-        ``row_history`` ``[N, L, m]`` with the others set to -1)."""
+        ``[B, m]`` -> ``(user, row_history, row_target)``: one row per history item ``j``
+        (user-major, then ``j``), whose target is item ``j + 1`` (the sample's target after
+        the last), that sees history items ``0..j`` (``row_history`` ``[N, L, m]`` with the
+        others set to -1, so ``row_history[..., 0] >= 0`` is what the row sees)."""
         B, L, m = history.shape
         steps = torch.arange(L, device=history.device)
         following = torch.cat([history[:, 1:], history.new_full((B, 1, m), -1)], 1)
         following[torch.arange(B, device=history.device), length - 1] = target
         user, last = (steps < length[:, None]).nonzero(as_tuple=True)  # (N,), (N,)
-        visible = steps <= last[:, None]  # (N, L)
-        row_history = history[user].masked_fill(~visible[..., None], -1)
-        return user, visible, row_history, following[user, last]
+        row_history = history[user].masked_fill((steps > last[:, None])[..., None], -1)
+        return user, row_history, following[user, last]
 
     def calculate_loss(self, interaction):
         length = interaction[self.ITEM_SEQ_LEN]
@@ -344,7 +343,7 @@ class MDGR(GenerativeRecommender):
         delta = self.difficulty(self.progress())
         memory, _ = self.encode(history, length, interaction[self.ITEM_SEQ])
         if self.causal:  # every target of the sequence, from this one encoder pass
-            user, _, history, target = self.every_target(history, length, target)
+            user, history, target = self.every_target(history, length, target)
             memory = memory[user]  # the items after each row's prefix are -1 in its history
         memory, memory_mask = self.decoder_memory(memory, history)
         mask = self.sample_mask(history, target, delta)
