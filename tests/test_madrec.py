@@ -517,6 +517,11 @@ def test_dense_model_learns_and_unknown_retrieval_modes_are_refused():
         MADRec.check_config(ConfigView(make_config(madrec_retrieval="sparse")))
     with pytest.raises(UserError, match="needs a model trained with madrec_dense: True"):
         MADRec.check_config(ConfigView(make_config(madrec_retrieval="unified")))
+    with pytest.raises(UserError, match="madrec_last_item_suffix: True .* set "
+                                        "madrec_last_item_mask_prob > 0"):
+        MADRec.check_config(ConfigView(make_config(madrec_last_item_suffix=True)))
+    MADRec.check_config(ConfigView(make_config(madrec_last_item_suffix=True,
+                                               madrec_last_item_mask_prob=1.0)))
     with pytest.raises(UserError, match=r"madrec_dense_layer must be in 1..n_layers \(2\)"):
         MADRec.check_config(ConfigView(make_config(madrec_dense=True, madrec_dense_layer=3,
                                                    madrec_dense_beta=0.2)))

@@ -84,6 +84,10 @@ class MADRec(GenerativeRecommender):
         if not 0.0 <= config["madrec_last_item_mask_prob"] <= 1.0:
             raise UserError("madrec_last_item_mask_prob must be in [0, 1], got "
                             f"{config['madrec_last_item_mask_prob']}")
+        if config["madrec_last_item_suffix"] and not config["madrec_last_item_mask_prob"]:
+            raise UserError("madrec_last_item_suffix: True shapes the masks of the sequences "
+                            "that madrec_last_item_mask_prob picks, and that is 0: set "
+                            "madrec_last_item_mask_prob > 0 (1.0 masks every sequence so)")
         next_k = config["next_k"] or 1
         check_positive_int("madrec_next_k_nfe", config["madrec_next_k_nfe"],
                            none="next_k x madrec_nfe")
