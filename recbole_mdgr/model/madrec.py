@@ -280,13 +280,13 @@ class MADRec(GenerativeRecommender):
             mask = torch.where(whole[:, None], item_mask, mask)
         last = torch.rand(B, device=device, generator=generator) < self.last_item_mask_prob
         if bool(last.any()):
-            slot = torch.arange(S, device=device) // self.sid_len
-            last_item = (slot[None, :] == (n_items - 1)[:, None]) & real
+            m = self.sid_len
+            position = torch.arange(S, device=device)  # item position // m, slot position % m
+            last_item = (position[None, :] // m == (n_items - 1)[:, None]) & real
             share = 1.0 / n_items.to(t.dtype)
             if self.last_item_suffix:  # drawn only when on: older runs' masks stay the same
-                m = self.sid_len
                 k = torch.randint(1, m + 1, (B,), device=device, generator=generator)
-                last_item &= (torch.arange(S, device=device) % m)[None, :] >= (m - k)[:, None]
+                last_item &= position[None, :] % m >= (m - k)[:, None]
                 share = share * k.to(t.dtype) / m
             mask = torch.where(last[:, None], last_item, mask)
             t = torch.where(last, share, t)
