@@ -313,8 +313,8 @@ def test_causal_loss_covers_every_target_of_the_sequences():
     model.train()
     batch = make_batch(table, B=6)
     seen = []
-    decode = model.decode
-    model.decode = lambda partial, *a: (seen.append(len(partial)), decode(partial, *a))[1]
+    decode = model.decode_hidden
+    model.decode_hidden = lambda partial, *a: (seen.append(len(partial)), decode(partial, *a))[1]
     loss = model.calculate_loss(batch)
     assert sum(seen) == int(batch["item_length"].sum()) and torch.isfinite(loss)
     assert len(seen) == model.encoder_buckets  # one decoder pass per length group
@@ -407,9 +407,9 @@ def test_decoding_by_length_groups_equals_one_padded_pass(token_memory):
     memory, _ = model.encode(history, length)
     memory, memory_mask = model.decoder_memory(memory, history)
     cuts = []
-    decode = model.decode
-    model.decode = lambda p, mem, mask, *a: (cuts.append(mask.shape[1]),
-                                             decode(p, mem, mask, *a))[1]
+    decode = model.decode_hidden
+    model.decode_hidden = lambda p, mem, mask, *a: (cuts.append(mask.shape[1]),
+                                                    decode(p, mem, mask, *a))[1]
     grouped = model.decode_by_length(partial, memory, memory_mask, 1.0, length)
     padded = decode(partial, memory, memory_mask, 1.0)
     assert torch.allclose(grouped, padded, atol=1e-5)
@@ -417,6 +417,40 @@ def test_decoding_by_length_groups_equals_one_padded_pass(token_memory):
     groups = length.sort().values.chunk(3)
     assert cuts == [int(g.max()) * per_item for g in groups]  # shorter groups, shorter memory
     assert cuts[0] < memory_mask.shape[1]
+    # several rows per memory (user-major): each row decoded against its own user's memory
+    rows = torch.cat([partial[:, None], partial.flip(1)[:, None]], 1).flatten(0, 1)
+    grouped = model.decode_by_length(rows, memory, memory_mask, 1.0, length)
+    own = torch.stack([decode(rows[i::2], memory, memory_mask, 1.0) for i in range(2)], 1)
+    assert torch.allclose(grouped, own.flatten(0, 1), atol=1e-5)
+
+
+def test_teacher_forcing_trains_each_slot_once_from_its_left_to_right_state():
+    """The loss is the mean over samples and slots of slot j's cross-entropy with slots
+    0..j-1 visible and j..m-1 masked, each row decoded on its own as inference decodes it;
+    and gradients reach the encoder through the shared memory."""
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_teacher_forcing=True, mdgr_order="left_to_right",
+                       mdgr_token_memory=True, mdgr_parallel=1)
+    batch = make_batch(table, B=7)
+    loss = model.calculate_loss(batch)
+    memory, memory_mask = model.history_memory(batch)
+    target = batch["item_id_sid"]
+    expected = []
+    for j in range(4):
+        partial = target.clone()
+        partial[:, j:] = -1
+        logits = model.decode(partial, memory, memory_mask, 1.0)[:, j]
+        expected.append(F.cross_entropy(logits, target[:, j], reduction="none"))
+    assert float(loss) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    loss.backward()
+    assert model.encoder.blocks[0].ffn.up.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides", [{"mdgr_order": "greedy", "mdgr_parallel": 1},
+                                       {"mdgr_order": "left_to_right", "mdgr_parallel": 2}])
+def test_teacher_forcing_refuses_decoding_it_does_not_train(overrides):
+    with pytest.raises(ValueError, match="mdgr_teacher_forcing"):
+        make_model(parallel_table(L=4), mdgr_teacher_forcing=True, **overrides)
 
 
 def test_causal_rows_with_token_memory_see_what_inference_sees_on_that_prefix():

@@ -102,6 +102,12 @@ class MDGR(GenerativeRecommender):
     ``mdgr_difficulty_input: mask_share`` embeds instead each input's own masked share, in
     training and at every decoding step (the noise level of the input, as diffusion models
     condition on their time step); ``mdgr_uniform_floor`` keeps some mass on every k.
+    ``mdgr_teacher_forcing`` (ours, off by default) replaces the mask draw: every sample is
+    decoded ``m`` times, row ``j`` with slots ``j..m-1`` masked, sharing the sample's memory
+    (its keys/values are projected once), and the loss is slot ``j``'s cross-entropy in row
+    ``j``: TIGER's teacher forcing through the bidirectional decoder, each slot trained once
+    per sample in the state left-to-right decoding predicts it in (so it requires that
+    decoding; the curriculum does not apply: the difficulty is inference's, 1).
 
     Decoding: ``mdgr_warmup_steps`` steps committing one slot per beam (chosen by
     confidence: the largest top-1 minus top-2 probability; ``mdgr_order`` can instead take
@@ -135,6 +141,13 @@ class MDGR(GenerativeRecommender):
         check_choice("mdgr_order", config["mdgr_order"], UNMASK_ORDERS, "greedy")
         check_choice("mdgr_difficulty_input", config["mdgr_difficulty_input"], DIFFICULTY_INPUTS,
                      "curriculum")
+        if config["mdgr_teacher_forcing"] and (
+                config["mdgr_order"] != "left_to_right"
+                or config["mdgr_warmup_steps"] < slots and config["mdgr_parallel"] > 1):
+            raise UserError("mdgr_teacher_forcing trains only the states of decoding one slot "
+                            "per step from left to right: set mdgr_order: left_to_right and "
+                            f"mdgr_parallel: 1 (or mdgr_warmup_steps >= the {slots} slots), "
+                            "or mdgr_teacher_forcing: False")
         encoder = check_choice("mdgr_history_encoder", config["mdgr_history_encoder"],
                                HISTORY_ENCODERS, "bidirectional")
         if encoder == "causal" and (config["train_sample_mode"] or "prefix") == "prefix":
@@ -166,6 +179,7 @@ class MDGR(GenerativeRecommender):
         self.history_smoothing = config["mdgr_history_smoothing"]
         self.history_mix = config["mdgr_history_mix"]
         self.suffix_mask_prob = optional["mdgr_suffix_mask_prob"] or 0.0
+        self.teacher_forcing = bool(optional["mdgr_teacher_forcing"])
         self.order = optional["mdgr_order"] or "greedy"  # order_generator() seeds ``random``
         self.schedule = decoding_schedule(self.sid_len, config["mdgr_warmup_steps"],
                                           config["mdgr_parallel"])
@@ -238,8 +252,13 @@ class MDGR(GenerativeRecommender):
     def decode(self, partial, memory, memory_mask, delta, cache=None):
         """Partial SIDs ``[N, m]`` (-1 = masked) over each user's memory (``N = B * W``
         rows, user-major) at difficulty ``delta`` (float or ``[N]``) -> ``[N, m, V]``
-        logits. With ``mdgr_difficulty_input: mask_share`` the embedded difficulty is each
-        row's own masked share ``(k - 1) / (m - 1)`` instead (``delta`` unused)."""
+        logits (:meth:`decode_hidden` through the slot heads)."""
+        return self.slot_logits(self.decode_hidden(partial, memory, memory_mask, delta, cache))
+
+    def decode_hidden(self, partial, memory, memory_mask, delta, cache=None):
+        """:meth:`decode` before the slot heads: ``[N, m, d]``. With
+        ``mdgr_difficulty_input: mask_share`` the embedded difficulty is each row's own
+        masked share ``(k - 1) / (m - 1)`` instead (``delta`` unused)."""
         tokens = torch.where(partial >= 0, partial + self.token_offset, self.mask_token)
         if self.difficulty_input == "mask_share":
             delta = ((partial < 0).sum(1) - 1).clamp(min=0) / max(self.sid_len - 1, 1)
@@ -248,24 +267,29 @@ class MDGR(GenerativeRecommender):
         x = (self.token_embedding(tokens) + self.slot_embedding.weight
              + self.difficulty_embedding(bins)[:, None])
         decoder = self.decoder if cache is not None else self.train_module("decoder")
-        hidden = decoder(self.dropout(x), memory=memory, memory_mask=memory_mask, cache=cache)
-        return self.slot_logits(hidden)
+        return decoder(self.dropout(x), memory=memory, memory_mask=memory_mask, cache=cache)
 
     def decode_by_length(self, partial, memory, memory_mask, delta, lengths):
-        """:meth:`decode` per ``encoder_buckets`` group of rows of similar history length
-        ``lengths`` ``[N]`` (items), each group's memory cut to its longest history: the
-        cross-attention, whose keys/values are projected from every memory entry in every
-        layer, never works on another group's padding. The logits equal one :meth:`decode`
-        over the padded batch (masked keys weigh exactly 0)."""
+        """:meth:`decode_hidden` per ``encoder_buckets`` group of memories of similar
+        history length ``lengths`` ``[B]`` (items), each group's memory cut to its longest
+        history: the cross-attention, whose keys/values are projected from every memory
+        entry in every layer, never works on another group's padding. ``partial`` has
+        ``W`` rows per memory (``[B * W, m]``, user-major), which share its keys/values.
+        The result equals one :meth:`decode_hidden` over the padded batch (masked keys
+        weigh exactly 0)."""
         per_item = memory_mask.shape[1] // int(lengths.max())  # m with the token memory
-        logits = None
-        for rows, key_mask in length_buckets(lengths, self.encoder_buckets):
+        W = len(partial) // len(lengths)
+        steps = torch.arange(W, device=partial.device)
+        hidden = None
+        for users, key_mask in length_buckets(lengths, self.encoder_buckets):
             cut = key_mask.shape[1] * per_item
-            group = self.decode(partial[rows], memory[rows, :cut], memory_mask[rows, :cut], delta)
-            if logits is None:
-                logits = group.new_empty((len(partial),) + group.shape[1:])
-            logits[rows] = group
-        return logits
+            rows = (users[:, None] * W + steps).flatten()
+            group = self.decode_hidden(partial[rows], memory[users, :cut],
+                                       memory_mask[users, :cut], delta)
+            if hidden is None:
+                hidden = group.new_empty((len(partial),) + group.shape[1:])
+            hidden[rows] = group
+        return hidden
 
     # ------------------------------------------------------------------ noise
     def progress(self) -> float:
@@ -346,12 +370,29 @@ class MDGR(GenerativeRecommender):
             user, history, target = self.every_target(history, length, target)
             memory = memory[user]  # the items after each row's prefix are -1 in its history
         memory, memory_mask = self.decoder_memory(memory, history)
-        mask = self.sample_mask(history, target, delta)
-        logits = self.decode_by_length(target.masked_fill(mask, -1), memory, memory_mask, delta,
-                                       (history[:, :, 0] >= 0).sum(1))
+        lengths = (history[:, :, 0] >= 0).sum(1)
         if self.training:
             self.train_steps += 1
-        return F.cross_entropy(logits[mask].float(), target[mask])
+        if self.teacher_forcing:
+            return self.teacher_forcing_loss(target, memory, memory_mask, lengths)
+        mask = self.sample_mask(history, target, delta)
+        hidden = self.decode_by_length(target.masked_fill(mask, -1), memory, memory_mask, delta,
+                                       lengths)
+        return F.cross_entropy(self.slot_logits(hidden)[mask].float(), target[mask])
+
+    def teacher_forcing_loss(self, target, memory, memory_mask, lengths):
+        """``mdgr_teacher_forcing``: each target ``[B, m]`` decoded as ``m`` rows sharing
+        its memory, row ``j`` with slots ``j..m-1`` masked; the loss is slot ``j``'s
+        cross-entropy in row ``j``, so every slot is trained once per sample from exactly
+        the state left-to-right decoding predicts it in (TIGER's teacher forcing, through
+        the bidirectional decoder). No curriculum: the difficulty is inference's, 1."""
+        B, m = target.shape
+        masked = torch.arange(m, device=target.device)[None, :] >= torch.arange(
+            m, device=target.device)[:, None]  # (m rows, m slots): row j masks slots >= j
+        partial = target[:, None, :].masked_fill(masked, -1).flatten(0, 1)  # (B * m, m)
+        hidden = self.decode_by_length(partial, memory, memory_mask, 1.0, lengths)
+        own = hidden.view(B, m, m, -1).diagonal(dim1=1, dim2=2).transpose(1, 2)  # (B, m, d)
+        return F.cross_entropy(self.slot_logits(own).flatten(0, 1).float(), target.flatten())
 
     # ------------------------------------------------------------------ inference
     def history_memory(self, interaction):
