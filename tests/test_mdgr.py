@@ -433,17 +433,34 @@ def test_teacher_forcing_trains_each_slot_once_from_its_left_to_right_state():
                        mdgr_token_memory=True, mdgr_parallel=1)
     batch = make_batch(table, B=7)
     loss = model.calculate_loss(batch)
-    memory, memory_mask = model.history_memory(batch)
     target = batch["item_id_sid"]
     expected = []
-    for j in range(4):
-        partial = target.clone()
-        partial[:, j:] = -1
-        logits = model.decode(partial, memory, memory_mask, 1.0)[:, j]
-        expected.append(F.cross_entropy(logits, target[:, j], reduction="none"))
-    assert float(loss) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    with torch.no_grad():
+        memory, memory_mask = model.history_memory(batch)
+        for j in range(4):
+            partial = target.clone()
+            partial[:, j:] = -1
+            logits = model.decode(partial, memory, memory_mask, 1.0)[:, j]
+            expected.append(F.cross_entropy(logits, target[:, j], reduction="none"))
+    assert loss.item() == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
     loss.backward()
     assert model.encoder.blocks[0].ffn.up.weight.grad.abs().sum() > 0
+
+
+def test_teacher_forcing_with_the_causal_encoder_trains_every_target_in_every_state():
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_teacher_forcing=True, mdgr_order="left_to_right",
+                       mdgr_parallel=1, mdgr_history_encoder="causal",
+                       train_sample_mode="windows")
+    batch = make_batch(table, B=6)
+    rows = []
+    decode = model.decode_hidden
+    model.decode_hidden = lambda partial, *a: (rows.append(partial), decode(partial, *a))[1]
+    loss = model.calculate_loss(batch)
+    partial = torch.cat(rows)
+    assert len(partial) == 4 * int(batch["item_length"].sum()) and torch.isfinite(loss)
+    masked = (partial < 0).sum(1)
+    assert sorted(masked.tolist()) == sorted([1, 2, 3, 4] * int(batch["item_length"].sum()))
 
 
 @pytest.mark.parametrize("overrides", [{"mdgr_order": "greedy", "mdgr_parallel": 1},
