@@ -387,8 +387,7 @@ class MDGR(GenerativeRecommender):
         the state left-to-right decoding predicts it in (TIGER's teacher forcing, through
         the bidirectional decoder). No curriculum: the difficulty is inference's, 1."""
         B, m = target.shape
-        masked = torch.arange(m, device=target.device)[None, :] >= torch.arange(
-            m, device=target.device)[:, None]  # (m rows, m slots): row j masks slots >= j
+        masked = torch.ones(m, m, dtype=torch.bool, device=target.device).triu()  # row j: slots >= j
         partial = target[:, None, :].masked_fill(masked, -1).flatten(0, 1)  # (B * m, m)
         hidden = self.decode_by_length(partial, memory, memory_mask, 1.0, lengths)
         own = hidden.view(B, m, m, -1).diagonal(dim1=1, dim2=2).transpose(1, 2)  # (B, m, d)
