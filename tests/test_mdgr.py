@@ -249,11 +249,13 @@ def test_invalid_knobs_are_refused():
         make_model(table, mdgr_order="right_to_left")
 
 
-@pytest.mark.parametrize("token_memory", [False, True])
-def test_loss_decreases_and_the_model_learns_its_targets(token_memory):
+MEMORIES = [{}, {"mdgr_token_memory": True}, {"mdgr_history_input": "tokens"}]
+
+
+@pytest.mark.parametrize("memory", MEMORIES)
+def test_loss_decreases_and_the_model_learns_its_targets(memory):
     table = parallel_table(L=4)
-    model = make_model(table, initializer_range=0.02, dropout_prob=0.1,
-                       mdgr_token_memory=token_memory)
+    model = make_model(table, initializer_range=0.02, dropout_prob=0.1, **memory)
     batch = make_batch(table, B=8)
     torch.manual_seed(0)
     losses = overfit(model, batch, 200)
@@ -372,11 +374,12 @@ def test_token_memory_is_one_entry_per_real_history_token():
     assert items is memory and torch.equal(item_mask, torch.arange(L) < length[:, None])
 
 
-def test_token_memory_logits_do_not_depend_on_the_batchs_padding():
+@pytest.mark.parametrize("memory", MEMORIES[1:])
+def test_token_memory_logits_do_not_depend_on_the_batchs_padding(memory):
     """A user's logits in a batch of mixed lengths equal the user's alone: the mask hides
     every padding token."""
     table = parallel_table(L=4)
-    model = make_model(table, mdgr_token_memory=True)
+    model = make_model(table, **memory)
     batch = make_batch(table, B=6)
     length = batch["item_length"]
     history = batch["item_id_list_sid"][:, :int(length.max())]
@@ -393,12 +396,12 @@ def test_token_memory_logits_do_not_depend_on_the_batchs_padding():
     assert torch.allclose(together[user], own[0], atol=1e-5)
 
 
-@pytest.mark.parametrize("token_memory", [False, True])
-def test_decoding_by_length_groups_equals_one_padded_pass(token_memory):
+@pytest.mark.parametrize("option", MEMORIES)
+def test_decoding_by_length_groups_equals_one_padded_pass(option):
     """Training decodes per group of similar history length with the memory cut to the
     group's longest history: the same logits as one pass over the padded batch."""
     table = parallel_table(L=4)
-    model = make_model(table, mdgr_token_memory=token_memory, encoder_buckets=3)
+    model = make_model(table, encoder_buckets=3, **option)
     batch = make_batch(table, B=9)
     length = batch["item_length"]
     history = batch["item_id_list_sid"][:, :int(length.max())]
@@ -413,7 +416,7 @@ def test_decoding_by_length_groups_equals_one_padded_pass(token_memory):
     grouped = model.decode_by_length(partial, memory, memory_mask, 1.0, length)
     padded = decode(partial, memory, memory_mask, 1.0)
     assert torch.allclose(grouped, padded, atol=1e-5)
-    per_item = 4 if token_memory else 1
+    per_item = 4 if option else 1
     groups = length.sort().values.chunk(3)
     assert cuts == [int(g.max()) * per_item for g in groups]  # shorter groups, shorter memory
     assert cuts[0] < memory_mask.shape[1]
@@ -422,6 +425,41 @@ def test_decoding_by_length_groups_equals_one_padded_pass(token_memory):
     grouped = model.decode_by_length(rows, memory, memory_mask, 1.0, length)
     own = torch.stack([decode(rows[i::2], memory, memory_mask, 1.0) for i in range(2)], 1)
     assert torch.allclose(grouped, own.flatten(0, 1), atol=1e-5)
+
+
+def test_history_tokens_encoder_sees_every_token_in_its_place():
+    """``mdgr_history_input: tokens``: the memory is the encoder's state of every history
+    token (token + recency + history-slot embeddings, L * m entries), computed as by hand;
+    and, unlike the mean over an item's slots, it tells a slot's code from another's."""
+    table = parallel_table(L=4)
+    model = make_model(table, mdgr_history_input="tokens")
+    batch = make_batch(table, B=6)
+    length = batch["item_length"]
+    history = batch["item_id_list_sid"][:, :int(length.max())]
+    memory, _ = model.encode(history, length)
+    memory, mask = model.decoder_memory(memory, history)
+    B, L, m = history.shape
+    assert memory.shape == (B, L * m, model.hidden_size)
+    assert mask.sum(1).tolist() == (length * m).tolist()
+    b = int(length.argmax())
+    n = int(length[b])
+    tokens = history[b, :n] + model.token_offset  # (n, m)
+    recency = torch.arange(n - 1, -1, -1)
+    x = (model.token_embedding(tokens) + model.recency_embedding(recency)[:, None]
+         + model.history_slot_embedding.weight).flatten(0, 1)
+    by_hand = model.encoder(x[None])[0]
+    assert torch.allclose(memory[b, :n * m], by_hand, atol=1e-5)
+    # swap the codes of slots 0 and 1 of the newest item, where they differ: the item mean
+    # stays the same, the token states do not
+    j = n - 1
+    swapped = history.clone()
+    swapped[b, j, 0], swapped[b, j, 1] = history[b, j, 1], history[b, j, 0]
+    assert history[b, j, 0] != history[b, j, 1]
+    other, _ = model.encode(swapped, length)
+    assert not torch.allclose(other[b, :n * m], memory[b, :n * m], atol=1e-4)
+    with pytest.raises(ValueError, match="mdgr_history_input"):
+        make_model(table, mdgr_history_input="tokens", mdgr_history_encoder="causal",
+                   train_sample_mode="windows")
 
 
 def test_teacher_forcing_trains_each_slot_once_from_its_left_to_right_state():
