@@ -146,13 +146,6 @@ class MDGR(GenerativeRecommender):
         check_choice("mdgr_order", config["mdgr_order"], UNMASK_ORDERS, "greedy")
         check_choice("mdgr_difficulty_input", config["mdgr_difficulty_input"], DIFFICULTY_INPUTS,
                      "curriculum")
-        if config["mdgr_teacher_forcing"] and (
-                config["mdgr_order"] != "left_to_right"
-                or config["mdgr_warmup_steps"] < slots and config["mdgr_parallel"] > 1):
-            raise UserError("mdgr_teacher_forcing trains only the states of decoding one slot "
-                            "per step from left to right: set mdgr_order: left_to_right and "
-                            f"mdgr_parallel: 1 (or mdgr_warmup_steps >= the {slots} slots), "
-                            "or mdgr_teacher_forcing: False")
         encoder = check_choice("mdgr_history_encoder", config["mdgr_history_encoder"],
                                HISTORY_ENCODERS, "bidirectional")
         history_input = check_choice("mdgr_history_input", config["mdgr_history_input"],
@@ -199,6 +192,11 @@ class MDGR(GenerativeRecommender):
         if config["mdgr_parallel"] > self.sid_len:
             raise UserError(f"mdgr_parallel={config['mdgr_parallel']} is more than the "
                             f"{self.sid_len} SID slots")
+        if self.teacher_forcing and (self.order != "left_to_right" or max(self.schedule) > 1):
+            raise UserError("mdgr_teacher_forcing trains only the states of decoding one slot "
+                            "per step from left to right: set mdgr_order: left_to_right and "
+                            f"mdgr_parallel: 1 (or mdgr_warmup_steps >= the {self.sid_len} "
+                            "slots), or mdgr_teacher_forcing: False")
         batch = config["train_batch_size"]
         self.steps_per_epoch = max(1, math.ceil(len(dataset) / batch)) if batch else 1
 
