@@ -173,6 +173,16 @@ class GenerativeRecommender(SequentialRecommender):
                            self.inner_size, self.dropout_prob, self.attn_dropout_prob,
                            self.ffn_dropout_prob, cross_attention, self.hidden_act)
 
+    def token_inputs(self, tokens: torch.Tensor, item_vectors: torch.Tensor,
+                     slot_embedding: nn.Embedding) -> torch.Tensor:
+        """One encoder input per history token, ``[B, L * m, d]`` (item-major): the token's
+        embedding (``tokens`` ``[B, L, m]``, 0 = padding) + its item's vector ``[B, L, d]``
+        (its position embedding and any other item-level input) + its slot's embedding
+        (``slot_embedding``, ``m`` rows). TIGER's encoder input, and MDGR's with
+        ``mdgr_history_input: tokens``."""
+        return (self.token_embedding(tokens) + item_vectors[:, :, None]
+                + slot_embedding.weight).flatten(1, 2)
+
     def slot_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden ``[N, m, d]`` of one item's slots -> ``[N, m, max_vocab]`` logits through
         ``self.heads`` (one per slot, over its own vocabulary), ``-inf`` beyond it."""

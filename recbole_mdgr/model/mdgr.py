@@ -238,10 +238,10 @@ class MDGR(GenerativeRecommender):
         else:
             position = (item_seq_len[:, None] - 1 - steps).clamp(min=0)
         if self.history_tokens:
-            items = self.recency_embedding(position)[:, :, None] + self.history_slot_embedding.weight
+            items = self.recency_embedding(position)
             if self.item_embedding is not None:
-                items = items + self.item_embedding(item_seq[:, :L])[:, :, None]
-            x = self.dropout((self.token_embedding(tokens) + items).flatten(1, 2))
+                items = items + self.item_embedding(item_seq[:, :L])
+            x = self.dropout(self.token_inputs(tokens, items, self.history_slot_embedding))
             lengths = item_seq_len * self.sid_len
         else:
             items = self.token_embedding(tokens).sum(2) / real.sum(2, keepdim=True).clamp(min=1)
@@ -261,9 +261,10 @@ class MDGR(GenerativeRecommender):
         plus the token's embedding, ``[B, L * m, d]`` (mask: real tokens): a slot's query
         can then match the history's codes one by one, while the encoder still runs over
         one vector per item. With ``mdgr_history_input: tokens`` the memory already has one
-        state per token, mask: real tokens. (Projecting keys/values on the ``L`` states and the token table
-        and gathering, instead of on the ``L * m`` sums, cut the step's FLOPs by a third but
-        was slower on a 2-core CPU: 0.123-0.127 against 0.105-0.110 s per step.)"""
+        state per token (mask: real tokens). (Projecting keys/values on the ``L`` states and
+        the token table and gathering, instead of on the ``L * m`` sums, cut the step's FLOPs
+        by a third but was slower on a 2-core CPU: 0.123-0.127 against 0.105-0.110 s per
+        step.)"""
         real = history >= 0
         if self.history_tokens:
             return memory, real.flatten(1)
@@ -410,7 +411,8 @@ class MDGR(GenerativeRecommender):
         the state left-to-right decoding predicts it in (TIGER's teacher forcing, through
         the bidirectional decoder). No curriculum: the difficulty is inference's, 1."""
         B, m = target.shape
-        masked = torch.ones(m, m, dtype=torch.bool, device=target.device).triu()  # row j: slots >= j
+        # row j masks slots j..m-1
+        masked = torch.ones(m, m, dtype=torch.bool, device=target.device).triu()
         partial = target[:, None, :].masked_fill(masked, -1).flatten(0, 1)  # (B * m, m)
         hidden = self.decode_by_length(partial, memory, memory_mask, 1.0, lengths)
         own = hidden.view(B, m, m, -1).diagonal(dim1=1, dim2=2).transpose(1, 2)  # (B, m, d)

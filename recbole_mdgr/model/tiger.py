@@ -82,15 +82,11 @@ class TIGER(GenerativeRecommender):
         """
         L = int(item_seq_len.max())
         sid = item_seq_sid[:, :L]  # (B, L, m)
-        tokens = torch.where(sid >= 0, sid + self.token_offset, 0).flatten(1)  # (B, L*m)
+        tokens = torch.where(sid >= 0, sid + self.token_offset, 0)  # (B, L, m)
         steps = torch.arange(L, device=sid.device)
         recency = (item_seq_len[:, None] - 1 - steps).clamp(min=0)  # (B, L), 0 = newest
-        x = (
-            self.token_embedding(tokens)
-            + self.recency_embedding(recency).repeat_interleave(self.sid_len, 1)
-            + self.slot_embedding.weight.repeat(L, 1)
-        )  # (B, L*m, d)
-        return self.dropout(x), tokens > 0
+        x = self.token_inputs(tokens, self.recency_embedding(recency), self.slot_embedding)
+        return self.dropout(x), tokens.flatten(1) > 0
 
     def encode(self, item_seq_sid, item_seq_len):
         """History SIDs ``[B, L, m]`` -> memory ``[B, S, d]``, mask ``[B, S]``.
