@@ -374,6 +374,65 @@ def test_cached_generate_encodes_history_once_then_one_pass_per_step(nfe):
     assert (items > 0).all() and model.decode_stats.invalid == 0
 
 
+TF = {"madrec_attention": "cached", "madrec_teacher_forcing": True,
+      "madrec_order": "left_to_right"}
+
+
+def test_teacher_forcing_loss_is_left_to_right_decodings_nll_of_the_target():
+    """Each slot's term is the log-prob left-to-right decoding gives it, slots before it
+    fixed to the target's, computed independently per user with the model's decoder."""
+    table = make_table(n_real=30, sizes=(4, 5))  # m = 3
+    model = make_model(table, **TF)
+    batch = make_batch(table, B=5, seed=4)
+    history, length, target = batch["item_id_list_sid"], batch["item_length"], batch["item_id_sid"]
+    loss = model.calculate_loss(batch)
+    want = 0.0
+    for b in range(5):
+        step = model.cached_step(history[b : b + 1, : int(length[b])], length[b : b + 1])
+        partial = [-1] * table.m
+        for j in range(table.m):
+            want -= step(torch.tensor([partial]))[0, j, target[b, j]].item()
+            partial[j] = int(target[b, j])
+    assert loss.item() == pytest.approx(want / (5 * table.m), rel=1e-5)
+    # the target's codes are the answer of their own row only: a different target code at
+    # slot 1 changes the loss (rows 1 and 2), the history still unmasked and unchanged
+    other = dict(batch.interaction, item_id_sid=target.clone())
+    other["item_id_sid"][0, 1] = (target[0, 1] + 1) % 5
+    assert model.calculate_loss(other).item() != pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_teacher_forcing_trains_the_history_encoding_and_overfits_to_its_targets():
+    table = make_table()
+    model = make_model(table, dropout_prob=0.1, initializer_range=0.02, **TF).train()
+    batch = make_batch(table, B=8)
+    loss = model.calculate_loss(batch)
+    loss.backward()
+    # the history is read through the cached keys/values, which stay differentiable: the
+    # recency embeddings only history items carry (>= 1; the target's is 0) get gradients
+    grads = model.recency_embedding.weight.grad[1 : int(batch["item_length"].max()) + 1]
+    assert (grads.abs().sum(-1) > 0).all()
+    model.zero_grad()
+    torch.manual_seed(0)
+    overfit(model, batch, 300)
+    model.eval()
+    after = model.calculate_loss(batch).item()
+    assert after < 0.2 * loss.item(), (loss.item(), after)
+    items, _ = model.generate(batch, k=1)
+    assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75
+
+
+@pytest.mark.parametrize("override, named", [
+    ({"madrec_attention": "full"}, "madrec_attention: full"),
+    ({"madrec_order": "greedy"}, "madrec_order: greedy"),
+    ({"madrec_nfe": 2}, "madrec_nfe=2"),
+])
+def test_teacher_forcing_refuses_the_decodings_it_does_not_train(override, named):
+    from recbole_mdgr.errors import UserError
+
+    with pytest.raises(UserError, match=named):
+        make_model(make_table(n_real=30, sizes=(4, 5)), **dict(TF, **override))
+
+
 # ---------------------------------------------------------------------------- dense retrieval
 class DenseDataset(FakeDataset):
     """FakeDataset with the item vectors the SIDs would have been built from."""

@@ -60,6 +60,11 @@ class MADRec(GenerativeRecommender):
     ``madrec_last_item_suffix`` (ours) only the last ``k`` of those tokens are masked, ``k``
     uniform on ``1..m``: the states a left-to-right decoding passes through (TIGER's
     teacher-forced ones, as MDGR's ``mdgr_suffix_mask_prob``); ``t`` is again the masked share.
+    ``madrec_teacher_forcing`` (ours; needs ``madrec_attention: cached``) replaces all of that
+    with TIGER's objective: the history is never masked, and each sample's last item is decoded
+    as ``m`` rows over the history's cached keys/values, row ``j`` with slots ``j..m-1``
+    masked; the loss is the mean cross-entropy of slot ``j`` in row ``j``, i.e. exactly the
+    negative log-likelihood left-to-right decoding (:meth:`cached_step`) gives the target.
 
     Inference: the history plus ``m`` mask tokens; :func:`masked_beam_search` commits slots
     in ``madrec_order`` (``greedy``: margin of top-1 over top-2 probability; the paper's
@@ -91,7 +96,19 @@ class MADRec(GenerativeRecommender):
         next_k = config["next_k"] or 1
         check_positive_int("madrec_next_k_nfe", config["madrec_next_k_nfe"],
                            none="next_k x madrec_nfe")
-        check_choice("madrec_attention", config["madrec_attention"], ATTENTION_MODES, "full")
+        attention = check_choice("madrec_attention", config["madrec_attention"],
+                                 ATTENTION_MODES, "full")
+        if config["madrec_teacher_forcing"]:
+            wrong = [f"{key}: {value}" for key, value, right in (
+                ("madrec_attention", attention, "cached"),
+                ("madrec_order", config["madrec_order"], "left_to_right"),
+                ("madrec_dense", bool(config["madrec_dense"]), False),
+                ("next_k", next_k, 1)) if value != right]
+            if wrong:
+                raise UserError("madrec_teacher_forcing trains the next item's slots from left "
+                                "to right over a history encoded once; it needs "
+                                "madrec_attention: cached, madrec_order: left_to_right, "
+                                "madrec_dense: False and next_k: 1, got " + ", ".join(wrong))
         retrieval = check_choice("madrec_retrieval", config["madrec_retrieval"], RETRIEVAL_MODES,
                                  "generative")
         if retrieval != "generative" and next_k > 1:
@@ -128,6 +145,11 @@ class MADRec(GenerativeRecommender):
         self.schedule = nfe_schedule(self.sid_len, nfe)
         self.attention = config["madrec_attention"] or "full"
         view = ConfigView(config)
+        self.teacher_forcing = bool(view["madrec_teacher_forcing"])
+        if self.teacher_forcing and max(self.schedule) > 1:
+            raise UserError(f"madrec_teacher_forcing trains one slot per decoding step, but "
+                            f"madrec_nfe={nfe} commits several of the {self.sid_len} slots at "
+                            f"once: set madrec_nfe: ~ (= {self.sid_len})")
         self.next_k_nfe = view["madrec_next_k_nfe"]
         next_k = view["next_k"] or 1
         if next_k > 1 and self.attention == "cached":
@@ -334,9 +356,26 @@ class MADRec(GenerativeRecommender):
             return kept.new_zeros(())
         return info_nce(self.dense_vectors(kept, rows, cols), self.item_text, items[rows, cols])
 
+    def teacher_forcing_loss(self, history, length, target):
+        """``madrec_teacher_forcing``: the mean over the ``B x m`` slots of the targets
+        ``[B, m]`` of their cross-entropy in the state left-to-right decoding predicts them
+        in (slots before them given, the rest masked; the history, ``[B, L_max, m]``, whole),
+        computed by the decoding step itself, per length bucket."""
+        B, m = target.shape
+        masked = torch.ones(m, m, dtype=torch.bool, device=target.device).triu()  # row j: j..
+        total = 0.0
+        for rows, _ in length_buckets(length, self.encoder_buckets):
+            partial = target[rows, None, :].masked_fill(masked, -1).flatten(0, 1)  # (b * m, m)
+            log_probs = self.cached_step(history[rows], length[rows])(partial)  # (b*m, m, V)
+            own = log_probs.view(len(rows), m, m, -1).diagonal(dim1=1, dim2=2)  # (b, V, m)
+            total = total - own.gather(1, target[rows, None, :]).sum()
+        return total / (B * m)
+
     def calculate_loss(self, interaction):
         history = interaction[self.ITEM_SEQ_SID]
         length = interaction[self.ITEM_SEQ_LEN]
+        if self.teacher_forcing:
+            return self.teacher_forcing_loss(history, length, interaction[self.POS_ITEM_SID])
         codes = self.sequence_codes(history, length, interaction[self.POS_ITEM_SID])
         n_items = length + 1
         mask, t = self.sample_mask(codes.flatten(1) >= 0, n_items)
