@@ -378,22 +378,33 @@ TF = {"madrec_attention": "cached", "madrec_teacher_forcing": True,
       "madrec_order": "left_to_right"}
 
 
+def left_to_right_nll(model, batch):
+    """Sum over users and slots of -log p(target slot | the target's slots before it), each
+    user decoded alone by the model's own cached decoding step (history text fused in under
+    ``madrec_dense``)."""
+    history, length, target = batch["item_id_list_sid"], batch["item_length"], batch["item_id_sid"]
+    text = model.history_text(batch)
+    total, m = 0.0, model.sid_len
+    for b in range(len(length)):
+        step = model.cached_step(history[b : b + 1, : int(length[b])], length[b : b + 1],
+                                 None if text is None else text[b : b + 1])
+        partial = [-1] * m
+        for j in range(m):
+            total -= step(torch.tensor([partial]))[0, j, target[b, j]].item()
+            partial[j] = int(target[b, j])
+    return total
+
+
 def test_teacher_forcing_loss_is_left_to_right_decodings_nll_of_the_target():
     """Each slot's term is the log-prob left-to-right decoding gives it, slots before it
     fixed to the target's, computed independently per user with the model's decoder."""
     table = make_table(n_real=30, sizes=(4, 5))  # m = 3
     model = make_model(table, **TF)
     batch = make_batch(table, B=5, seed=4)
-    history, length, target = batch["item_id_list_sid"], batch["item_length"], batch["item_id_sid"]
+    target = batch["item_id_sid"]
     loss = model.calculate_loss(batch)
-    want = 0.0
-    for b in range(5):
-        step = model.cached_step(history[b : b + 1, : int(length[b])], length[b : b + 1])
-        partial = [-1] * table.m
-        for j in range(table.m):
-            want -= step(torch.tensor([partial]))[0, j, target[b, j]].item()
-            partial[j] = int(target[b, j])
-    assert loss.item() == pytest.approx(want / (5 * table.m), rel=1e-5)
+    assert loss.item() == pytest.approx(left_to_right_nll(model, batch) / (5 * table.m),
+                                        rel=1e-5)
     # the target's codes are the answer of their own row only: a different target code at
     # slot 1 changes the loss (rows 1 and 2), the history still unmasked and unchanged
     other = dict(batch.interaction, item_id_sid=target.clone())
@@ -584,3 +595,31 @@ def test_dense_model_learns_and_unknown_retrieval_modes_are_refused():
     with pytest.raises(UserError, match=r"madrec_dense_layer must be in 1..n_layers \(2\)"):
         MADRec.check_config(ConfigView(make_config(madrec_dense=True, madrec_dense_layer=3,
                                                    madrec_dense_beta=0.2)))
+
+
+def test_teacher_forcing_with_dense_adds_the_infonce_of_the_dense_query_on_every_target():
+    """Under teacher forcing every target is fully masked once (its first row), so the dense
+    loss is the InfoNCE of exactly what dense retrieval queries, for every sample."""
+    from recbole_mdgr.model.dense import info_nce
+
+    table = make_table(n_real=30, sizes=(4, 5))  # m = 3
+    model = make_dense_model(table, madrec_dense_layer=2, madrec_dense_weight=0.5, **TF)
+    batch = make_batch(table, B=6, seed=4)
+    loss = model.calculate_loss(batch).item()
+    generative = left_to_right_nll(model, batch) / (6 * table.m)
+    query = model.dense_query(model.decoding_step(batch), 6)
+    dense = info_nce(query, model.item_text, batch["item_id"]).item()
+    assert dense > 0.1  # a term that would show if it were missing
+    assert loss == pytest.approx(generative + 0.5 * dense, rel=1e-5)
+
+
+def test_teacher_forcing_with_dense_learns_dense_retrieval_of_its_targets():
+    table = make_table(n_real=30, sizes=(4, 4))
+    model = make_dense_model(table, madrec_retrieval="dense", madrec_dense_layer=2, **TF)
+    batch = make_batch(table, B=8)
+    items, _ = model.generate(batch, k=1)
+    before = (items[:, 0] == batch["item_id"]).float().mean()
+    torch.manual_seed(0)
+    overfit(model, batch, 200)
+    items, _ = model.eval().generate(batch, k=1)
+    assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75 > before

@@ -65,6 +65,8 @@ class MADRec(GenerativeRecommender):
     as ``m`` rows over the history's cached keys/values, row ``j`` with slots ``j..m-1``
     masked; the loss is the mean cross-entropy of slot ``j`` in row ``j``, i.e. exactly the
     negative log-likelihood left-to-right decoding (:meth:`cached_step`) gives the target.
+    With ``madrec_dense`` the dense loss is then taken on every target from its first row,
+    whose slots are all masked: the very pass dense retrieval makes.
 
     Inference: the history plus ``m`` mask tokens; :func:`masked_beam_search` commits slots
     in ``madrec_order`` (``greedy``: margin of top-1 over top-2 probability; the paper's
@@ -102,13 +104,12 @@ class MADRec(GenerativeRecommender):
             wrong = [f"{key}: {value}" for key, value, right in (
                 ("madrec_attention", attention, "cached"),
                 ("madrec_order", config["madrec_order"], "left_to_right"),
-                ("madrec_dense", bool(config["madrec_dense"]), False),
                 ("next_k", next_k, 1)) if value != right]
             if wrong:
                 raise UserError("madrec_teacher_forcing trains the next item's slots from left "
                                 "to right over a history encoded once; it needs "
-                                "madrec_attention: cached, madrec_order: left_to_right, "
-                                "madrec_dense: False and next_k: 1, got " + ", ".join(wrong))
+                                "madrec_attention: cached, madrec_order: left_to_right and "
+                                "next_k: 1, got " + ", ".join(wrong))
         retrieval = check_choice("madrec_retrieval", config["madrec_retrieval"], RETRIEVAL_MODES,
                                  "generative")
         if retrieval != "generative" and next_k > 1:
@@ -356,26 +357,42 @@ class MADRec(GenerativeRecommender):
             return kept.new_zeros(())
         return info_nce(self.dense_vectors(kept, rows, cols), self.item_text, items[rows, cols])
 
-    def teacher_forcing_loss(self, history, length, target):
+    def teacher_forcing_loss(self, interaction):
         """``madrec_teacher_forcing``: the mean over the ``B x m`` slots of the targets
         ``[B, m]`` of their cross-entropy in the state left-to-right decoding predicts them
         in (slots before them given, the rest masked; the history, ``[B, L_max, m]``, whole),
-        computed by the decoding step itself, per length bucket."""
+        computed by the decoding step itself, per length bucket. With ``madrec_dense``, plus
+        ``madrec_dense_weight`` x the InfoNCE of every target from its first row (all ``m``
+        slots masked: the pass :meth:`dense_query` makes), the history items' text fused in
+        as in decoding; ``madrec_dense_beta`` plays no part."""
+        history = interaction[self.ITEM_SEQ_SID]
+        length = interaction[self.ITEM_SEQ_LEN]
+        target = interaction[self.POS_ITEM_SID]
         B, m = target.shape
         masked = torch.ones(m, m, dtype=torch.bool, device=target.device).triu()  # row j: j..
-        total = 0.0
+        text = self.history_text(interaction)
+        total, dense_total = 0.0, 0.0
         for rows, _ in length_buckets(length, self.encoder_buckets):
             partial = target[rows, None, :].masked_fill(masked, -1).flatten(0, 1)  # (b * m, m)
-            log_probs = self.cached_step(history[rows], length[rows])(partial)  # (b*m, m, V)
+            step = self.cached_step(history[rows], length[rows],
+                                    None if text is None else text[rows])
+            if self.dense:
+                log_probs, kept = step(partial, keep_layer=self.dense_layer)  # kept (b*m, m, d)
+                first = kept.view(len(rows), m, m, -1)[:, 0].flatten(1)  # row 0 of each sample
+                dense_total = dense_total + len(rows) * info_nce(
+                    self.dense_head(first), self.item_text, interaction[self.POS_ITEM_ID][rows])
+            else:
+                log_probs = step(partial)  # (b * m, m, V)
             own = log_probs.view(len(rows), m, m, -1).diagonal(dim1=1, dim2=2)  # (b, V, m)
             total = total - own.gather(1, target[rows, None, :]).sum()
-        return total / (B * m)
+        loss = total / (B * m)
+        return loss + self.dense_weight * dense_total / B if self.dense else loss
 
     def calculate_loss(self, interaction):
         history = interaction[self.ITEM_SEQ_SID]
         length = interaction[self.ITEM_SEQ_LEN]
         if self.teacher_forcing:
-            return self.teacher_forcing_loss(history, length, interaction[self.POS_ITEM_SID])
+            return self.teacher_forcing_loss(interaction)
         codes = self.sequence_codes(history, length, interaction[self.POS_ITEM_SID])
         n_items = length + 1
         mask, t = self.sample_mask(codes.flatten(1) >= 0, n_items)
@@ -437,16 +454,22 @@ class MADRec(GenerativeRecommender):
         history = interaction[self.ITEM_SEQ_SID]
         length = interaction[self.ITEM_SEQ_LEN]
         B = history.shape[0]
-        text = None
-        if self.dense:
-            items = self.append_items(interaction[self.ITEM_SEQ], length,
-                                      interaction[self.ITEM_SEQ].new_zeros(B, n_next), 0)
-            text = self.item_text_inputs(items, torch.ones_like(items, dtype=torch.bool))
+        text = self.history_text(interaction, n_next)
         if self.attention == "cached":
             return self.cached_step(history, length, text, n_next)
         masked = history.new_full((B, n_next, self.sid_len), -2)
         return self.full_step(self.append_items(history, length, masked, -1), length + n_next,
                               text, n_next)
+
+    def history_text(self, interaction, n_next=1):
+        """With ``madrec_dense``: :meth:`item_text_inputs` of the history items and of
+        ``n_next`` items after them, which have none (they are the ones predicted)
+        ``[B, (L + n_next) * m, d]``; ``None`` without."""
+        if not self.dense:
+            return None
+        seq, length = interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
+        items = self.append_items(seq, length, seq.new_zeros(len(seq), n_next), 0)
+        return self.item_text_inputs(items, torch.ones_like(items, dtype=torch.bool))
 
     def dense_query(self, step, B):
         """The predicted vector of each user's next item ``[B, d_text]``: one pass with its
