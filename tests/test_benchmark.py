@@ -115,6 +115,42 @@ def test_every_shipped_suite_names_known_models_and_config_keys():
     assert {row["preset"] for row in noise.values()} == {"MDGR-cpu"}
 
 
+# shipped suites and the results folder their header command writes
+SUITE_FOLDERS = {
+    "madrec-levers": "beauty-madrec-levers", "madrec-schedule": "beauty-madrec-schedule",
+    "sid-vectors": "beauty-sid-vectors", "data-constrained": "ml100k-data-constrained",
+    "mdgr-order": "beauty-mdgr-order", "mdgr-noise": "beauty-mdgr-noise",
+    "mdgr-codebook": "beauty-mdgr-codebook", "mdgr-encoder": "beauty-mdgr-encoder",
+}
+
+
+@pytest.mark.parametrize("suite, folder", SUITE_FOLDERS.items())
+def test_shipped_suite_rows_still_ask_for_what_their_recorded_runs_ran(suite, folder):
+    """When a preset moves on, the rows run before must pin what it set then: else the row
+    no longer describes its result, and a re-run of the suite would refuse the folder. Checked
+    on every recorded run that kept its preset's keys (the older ones did not)."""
+    from recbole_mdgr.benchmark import build_parser, run_path, stale_runs, suite_rows
+
+    out = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "results", folder)
+    checked = 0
+    for name, row in suite_rows(suite, "").items():
+        path = run_path(out, name)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            run = json.load(f)
+        if "preset_config" not in run:
+            continue
+        args, _ = build_parser().parse_known_args([f"--dataset={run['dataset']}"])
+        args.preset = run["preset"]
+        overrides = run.get("overrides")
+        if overrides is None:
+            overrides = build_parser().parse_known_args(run["command"].split()[3:])[1]
+        assert stale_runs(out, {name: row}, args, overrides) == [], name
+        checked += 1
+    assert checked > 0
+
+
 def test_an_unknown_suite_lists_the_shipped_ones():
     import pytest
 
