@@ -120,7 +120,7 @@ SUITE_FOLDERS = {
     "madrec-levers": "beauty-madrec-levers", "madrec-schedule": "beauty-madrec-schedule",
     "sid-vectors": "beauty-sid-vectors", "data-constrained": "ml100k-data-constrained",
     "mdgr-order": "beauty-mdgr-order", "mdgr-noise": "beauty-mdgr-noise",
-    "mdgr-codebook": "beauty-mdgr-codebook", "mdgr-encoder": "beauty-mdgr-encoder",
+    "mdgr-codebook": "beauty-mdgr-codebook",
 }
 
 
