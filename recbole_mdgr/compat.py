@@ -25,6 +25,11 @@
   ``fillna(inplace=True)``, ``Series.agg(len)``, ``torch.cuda.amp.GradScaler``);
   :func:`quiet_recbole_warnings` hides those, and only those, on our entry points. The
   ``fillna`` calls still fill on pandas < 3 (pinned); they go when RecBole fixes them.
+- ``recbole/model/sequential_recommender/sine.py`` line 25 calls
+  ``torch.autograd.set_detect_anomaly(True)`` when it is imported, and RecBole's
+  ``get_model`` imports every sequential model: from then on, every backward pass in the
+  process (SASRec's, BERT4Rec's, ours) runs under anomaly detection, several times slower.
+  :func:`recbole_model` looks RecBole's models up and puts the setting back as it was.
 """
 
 from __future__ import annotations
@@ -96,6 +101,18 @@ def load_checkpoint(path: str, map_location=None) -> dict:
     # the pickled Config skipped its __init__, which is where RecBole sets numpy's aliases
     checkpoint["config"].compatibility_settings()
     return checkpoint
+
+
+def recbole_model(model_name: str):
+    """RecBole's ``get_model(model_name)`` without the anomaly detection its SINE module
+    switches on for the whole process when imported (see the module docstring)."""
+    from recbole.utils import get_model
+
+    was = torch.is_anomaly_enabled()
+    try:
+        return get_model(model_name)
+    finally:
+        torch.autograd.set_detect_anomaly(was)
 
 
 def quiet_recbole_warnings() -> None:

@@ -7,11 +7,10 @@ import importlib
 import os
 
 import recbole
-from recbole.utils import get_model as recbole_get_model
 from recbole.utils import get_trainer as recbole_get_trainer
 
 from recbole_mdgr.budget import TimeBudgetMixin
-from recbole_mdgr.compat import CheckpointCompatMixin
+from recbole_mdgr.compat import CheckpointCompatMixin, recbole_model
 from recbole_mdgr.distributed import CPUDistributedMixin
 
 PLUGIN_MODELS = ("TIGER", "MADRec", "MDGR")
@@ -41,7 +40,7 @@ def get_model(model_name: str):
     if module is not None and hasattr(module, model_name):
         return getattr(module, model_name)
     if model_name in _recbole_models():
-        return recbole_get_model(model_name)
+        return recbole_model(model_name)
     names = available_models()
     lower = {n.lower(): n for n in names}
     close = [lower[c] for c in difflib.get_close_matches(model_name.lower(), lower, n=3)]

@@ -79,3 +79,20 @@ def test_pandas_3_is_refused_with_the_fix(monkeypatch):
     monkeypatch.setattr(pandas, "__version__", "3.0.1")
     with pytest.raises(UserError, match=r"pandas 3.0.1 .*pip install 'pandas<3'"):
         check_versions()
+
+
+def test_looking_up_a_recbole_model_leaves_autograd_anomaly_detection_off():
+    """RecBole 1.2.1's SINE module switches anomaly detection on for the whole process when
+    imported, and RecBole's get_model imports it: every backward pass would then run under it
+    (several times slower). Fresh interpreters, so that the import really happens."""
+    import subprocess
+    import sys
+
+    probe = ("import torch; from {mod} import get_model; get_model('SASRec'); "
+             "print(torch.is_anomaly_enabled())")
+    ours = subprocess.run([sys.executable, "-c", probe.format(mod="recbole_mdgr.utils")],
+                          capture_output=True, text=True, timeout=300)
+    theirs = subprocess.run([sys.executable, "-c", probe.format(mod="recbole.utils")],
+                            capture_output=True, text=True, timeout=300)
+    assert theirs.stdout.split()[-1] == "True"  # what the lookup does without the shim
+    assert ours.stdout.split()[-1] == "False", ours.stderr[-2000:]

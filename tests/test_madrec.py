@@ -424,7 +424,7 @@ def test_teacher_forcing_trains_the_history_encoding_and_overfits_to_its_targets
     assert (grads.abs().sum(-1) > 0).all()
     model.zero_grad()
     torch.manual_seed(0)
-    overfit(model, batch, 300)
+    overfit(model, batch, 120, lr=1e-2)
     model.eval()
     after = model.calculate_loss(batch).item()
     assert after < 0.2 * loss.item(), (loss.item(), after)
@@ -620,6 +620,6 @@ def test_teacher_forcing_with_dense_learns_dense_retrieval_of_its_targets():
     items, _ = model.generate(batch, k=1)
     before = (items[:, 0] == batch["item_id"]).float().mean()
     torch.manual_seed(0)
-    overfit(model, batch, 200)
+    overfit(model, batch, 80, lr=1e-2)
     items, _ = model.eval().generate(batch, k=1)
     assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75 > before
