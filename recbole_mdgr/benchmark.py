@@ -134,11 +134,14 @@ def throughput_main(args, overrides: list[str]) -> None:
     """``--throughput``: print the throughput table of ``--models`` (and ``--stack``)."""
     from recbole_mdgr.throughput import matmul_peak, model_throughput, report, stack_throughput
 
-    config = {k.lstrip("-"): yaml_value(v) for k, v in (o.split("=", 1) for o in overrides)}
+    models = [m for m in args.models.split(",") if m]
+    presets = {model: preset_for(model, args.preset) for model in models}  # fail before timing
+    sys.argv = [sys.argv[0]] + overrides  # RecBole's command-line parser reads these
     print(machine())
     peak = matmul_peak()
     rows = []
-    for model in [m for m in args.models.split(",") if m]:
+    for model in models:
+        config = {"preset": presets[model]} if presets[model] else {}
         rows.append(model_throughput(model, args.dataset, config, steps=args.steps))
         print(f"{model}: {rows[-1]['seconds_per_step']:.3f} s/step", flush=True)
     if args.stack:  # MADRec's shape; the paper's dropout (0.25) at each place, then ours
@@ -222,15 +225,21 @@ def settings(overrides: list[str]) -> dict:
     return {k: yaml_value(v) for k, v in pairs if k not in NOT_SETTINGS}
 
 
-def stored_settings(run: dict) -> dict:
-    """What a finished run was asked for: dataset, preset, row config and overrides (read
-    back from its recorded command when the run predates the ``overrides`` field)."""
+def recorded_overrides(run: dict) -> list:
+    """The config overrides (``--key=value`` tokens) a finished run was given: its
+    ``overrides`` field, or, for a run that predates the field, read back from its recorded
+    command."""
     overrides = run.get("overrides")
     if overrides is None:
         tokens = (run.get("command") or "").split()[3:]
         overrides = build_parser().parse_known_args(tokens)[1]
+    return overrides
+
+
+def stored_settings(run: dict) -> dict:
+    """What a finished run was asked for: dataset, preset, row config and overrides."""
     return {"dataset": run.get("dataset"), "preset": run.get("preset"),
-            "config": run.get("config") or {}, "overrides": settings(overrides)}
+            "config": run.get("config") or {}, "overrides": settings(recorded_overrides(run))}
 
 
 def preset_settings(preset: str | None) -> dict:

@@ -131,7 +131,8 @@ def test_shipped_suite_rows_still_ask_for_what_their_recorded_runs_ran(suite, fo
     no longer describes its result, and a re-run of the suite would refuse the folder. Checked
     on every recorded run, with the keys its preset set (runs made before the field existed
     had it added from the preset file at their commit)."""
-    from recbole_mdgr.benchmark import build_parser, run_path, stale_runs, suite_rows
+    from recbole_mdgr.benchmark import (build_parser, recorded_overrides, run_path, stale_runs,
+                                        suite_rows)
 
     out = os.path.join(os.path.dirname(os.path.dirname(__file__)), "docs", "results", folder)
     checked = 0
@@ -144,10 +145,7 @@ def test_shipped_suite_rows_still_ask_for_what_their_recorded_runs_ran(suite, fo
         assert "preset_config" in run or run["preset"] is None, path
         args, _ = build_parser().parse_known_args([f"--dataset={run['dataset']}"])
         args.preset = run["preset"]
-        overrides = run.get("overrides")
-        if overrides is None:
-            overrides = build_parser().parse_known_args(run["command"].split()[3:])[1]
-        assert stale_runs(out, {name: row}, args, overrides) == [], name
+        assert stale_runs(out, {name: row}, args, recorded_overrides(run)) == [], name
         checked += 1
     assert checked > 0
 
@@ -329,3 +327,26 @@ def test_data_constrained_runs_report_the_share_of_the_full_data_metric_they_kee
         os.remove(tmp_path / "runs" / f"{name}.json")
     assert not any(p.endswith(RETAINED_MD) for p in write_reports(str(tmp_path)))
     assert not (tmp_path / RETAINED_MD).exists() and not (tmp_path / RETAINED_PLOT).exists()
+
+
+def test_throughput_gives_each_model_its_preset_and_the_overrides(monkeypatch, capsys):
+    """``--throughput --preset=cpu`` times each model with its own ``<model>-cpu`` preset
+    (``cpu`` alone is no preset), the other flags reaching RecBole's command-line parser."""
+    import recbole_mdgr.throughput as throughput
+    from recbole_mdgr.benchmark import main
+
+    calls = []
+
+    def fake_throughput(model, dataset, config_dict, steps):
+        calls.append((model, dataset, config_dict, steps, list(sys.argv[1:])))
+        return {"model": model, "seconds_per_step": 0.5}
+
+    monkeypatch.setattr(throughput, "matmul_peak", lambda: 100.0)
+    monkeypatch.setattr(throughput, "model_throughput", fake_throughput)
+    monkeypatch.setattr(throughput, "report", lambda rows, peak: "table")
+    monkeypatch.setattr(sys, "argv", ["benchmark"])
+    main(["--throughput", "--models=MADRec,TIGER", "--preset=cpu", "--dataset=ml-100k",
+          "--steps=3", "--n_layers=2"])
+    assert calls == [("MADRec", "ml-100k", {"preset": "MADRec-cpu"}, 3, ["--n_layers=2"]),
+                     ("TIGER", "ml-100k", {"preset": "TIGER-cpu"}, 3, ["--n_layers=2"])]
+    assert capsys.readouterr().out.endswith("table\n")
