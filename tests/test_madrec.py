@@ -395,11 +395,13 @@ def left_to_right_nll(model, batch):
     return total
 
 
-def test_teacher_forcing_loss_is_left_to_right_decodings_nll_of_the_target():
+@pytest.mark.parametrize("history_input", ["tokens", "items"])
+def test_teacher_forcing_loss_is_left_to_right_decodings_nll_of_the_target(history_input):
     """Each slot's term is the log-prob left-to-right decoding gives it, slots before it
-    fixed to the target's, computed independently per user with the model's decoder."""
+    fixed to the target's, computed independently per user with the model's decoder (so a
+    user's terms do not depend on the other, longer, histories padded beside it)."""
     table = make_table(n_real=30, sizes=(4, 5))  # m = 3
-    model = make_model(table, **TF)
+    model = make_model(table, madrec_history_input=history_input, **TF)
     batch = make_batch(table, B=5, seed=4)
     target = batch["item_id_sid"]
     loss = model.calculate_loss(batch)
@@ -412,9 +414,11 @@ def test_teacher_forcing_loss_is_left_to_right_decodings_nll_of_the_target():
     assert model.calculate_loss(other).item() != pytest.approx(loss.item(), rel=1e-6)
 
 
-def test_teacher_forcing_trains_the_history_encoding_and_overfits_to_its_targets():
+@pytest.mark.parametrize("history_input", ["tokens", "items"])
+def test_teacher_forcing_trains_the_history_encoding_and_overfits_to_its_targets(history_input):
     table = make_table()
-    model = make_model(table, dropout_prob=0.1, initializer_range=0.02, **TF).train()
+    model = make_model(table, dropout_prob=0.1, initializer_range=0.02,
+                       madrec_history_input=history_input, **TF).train()
     batch = make_batch(table, B=8)
     loss = model.calculate_loss(batch)
     loss.backward()
@@ -430,6 +434,47 @@ def test_teacher_forcing_trains_the_history_encoding_and_overfits_to_its_targets
     assert after < 0.2 * loss.item(), (loss.item(), after)
     items, _ = model.generate(batch, k=1)
     assert (items[:, 0] == batch["item_id"]).float().mean() >= 0.75
+
+
+def test_item_history_encodes_one_entry_per_history_item_from_its_codes():
+    """``madrec_history_input: items``: the history pass runs over ``L`` entries, not
+    ``L * m``; each entry is read from its item's codes (one changed code changes the next
+    item's log-probs) and its recency; each decoding step still runs ``m`` slot tokens."""
+    table = make_table(n_real=40, sizes=(5, 6, 3))  # m = 4
+    model = make_model(table, madrec_history_input="items", beam_size=10, **TF)
+    rows = []
+    model.encoder.register_forward_hook(lambda mod, args, kwargs, out: rows.append(
+        tuple(args[0].shape[:2])), with_kwargs=True)
+    batch = make_batch(table, B=5, seed=3)
+    items, _ = model.generate(batch, k=10)
+    L = int(batch["item_length"].max())
+    assert rows[0] == (5, L) and [r[1] for r in rows[1:]] == [table.m] * table.m
+    assert (items > 0).all() and model.decode_stats.invalid == 0
+    history, length = batch["item_id_list_sid"], batch["item_length"]
+    blank = torch.full((5, table.m), -1)
+    before = model.cached_step(history, length)(blank)
+    changed = history.clone()
+    changed[0, 0, 1] = (changed[0, 0, 1] + 1) % 6
+    after = model.cached_step(changed, length)(blank)
+    assert not torch.allclose(before[0], after[0])
+    torch.testing.assert_close(before[1:], after[1:])
+    # a user's entry comes from its items alone: the mean of one item's token embeddings
+    x, real = model.embed_items(history[:1, :1], length[:1] + 1)
+    tokens = model.tokens_of(history[:1, :1])[0]
+    expected = model.token_embedding(tokens).mean(0) + model.recency_embedding.weight[
+        int(length[0])]
+    torch.testing.assert_close(x[0, 0], expected)
+    assert real.tolist() == [[True]]
+
+
+def test_item_history_needs_teacher_forcing():
+    from recbole_mdgr.errors import UserError
+
+    with pytest.raises(UserError, match="madrec_history_input: items .* madrec_teacher_forcing"):
+        make_model(make_table(n_real=30, sizes=(4, 5)), madrec_history_input="items",
+                   madrec_attention="cached")
+    with pytest.raises(UserError, match="madrec_history_input"):
+        make_model(make_table(n_real=30, sizes=(4, 5)), madrec_history_input="item", **TF)
 
 
 @pytest.mark.parametrize("override, named", [
@@ -597,13 +642,16 @@ def test_dense_model_learns_and_unknown_retrieval_modes_are_refused():
                                                    madrec_dense_beta=0.2)))
 
 
-def test_teacher_forcing_with_dense_adds_the_infonce_of_the_dense_query_on_every_target():
+@pytest.mark.parametrize("history_input", ["tokens", "items"])
+def test_teacher_forcing_with_dense_adds_the_infonce_of_the_dense_query_on_every_target(
+        history_input):
     """Under teacher forcing every target is fully masked once (its first row), so the dense
     loss is the InfoNCE of exactly what dense retrieval queries, for every sample."""
     from recbole_mdgr.model.dense import info_nce
 
     table = make_table(n_real=30, sizes=(4, 5))  # m = 3
-    model = make_dense_model(table, madrec_dense_layer=2, madrec_dense_weight=0.5, **TF)
+    model = make_dense_model(table, madrec_dense_layer=2, madrec_dense_weight=0.5,
+                             madrec_history_input=history_input, **TF)
     batch = make_batch(table, B=6, seed=4)
     loss = model.calculate_loss(batch).item()
     generative = left_to_right_nll(model, batch) / (6 * table.m)

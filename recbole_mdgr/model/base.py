@@ -183,6 +183,14 @@ class GenerativeRecommender(SequentialRecommender):
         return (self.token_embedding(tokens) + item_vectors[:, :, None]
                 + slot_embedding.weight).flatten(1, 2)
 
+    def item_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One encoder input per history item, ``[B, L, d]``: the mean of its tokens'
+        embeddings (``tokens`` ``[B, L, m]``, 0 = padding; each slot has its own vocabulary,
+        so the mean keeps which code sits in which slot). MDGR's encoder input, and MADRec's
+        with ``madrec_history_input: items``."""
+        real = tokens > 0
+        return self.token_embedding(tokens).sum(2) / real.sum(2, keepdim=True).clamp(min=1)
+
     def slot_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden ``[N, m, d]`` of one item's slots -> ``[N, m, max_vocab]`` logits through
         ``self.heads`` (one per slot, over its own vocabulary), ``-inf`` beyond it."""

@@ -31,6 +31,7 @@ from recbole_mdgr.model.layers import Dropout, KVCache, length_buckets
 
 
 ATTENTION_MODES = ("full", "cached")
+HISTORY_INPUTS = ("tokens", "items")
 T_SAMPLINGS = ("uniform", "stratified")
 
 
@@ -73,6 +74,12 @@ class MADRec(GenerativeRecommender):
     default), ``madrec_nfe`` steps (NFE; ``m`` = one slot per step), every beam of every user
     of a batch in one forward pass per step, constrained to real items' SIDs.
 
+    ``madrec_history_input: items`` (ours; needs teacher forcing, whose history is never
+    masked) feeds the cached history as one entry per item, the mean of its tokens'
+    embeddings plus its recency (MDGR's encoder input), instead of one per token: ``m`` times
+    fewer history positions for every layer and every row to attend to. The next item's rows
+    stay one entry per slot.
+
     ``madrec_attention``: ``full`` (the paper) lets every token attend to every token, so
     each decoding step re-encodes the whole sequence for every beam. ``cached`` keeps the
     history's tokens from attending to the last item's (the last item's tokens still see
@@ -110,6 +117,13 @@ class MADRec(GenerativeRecommender):
                                 "to right over a history encoded once; it needs "
                                 "madrec_attention: cached, madrec_order: left_to_right and "
                                 "next_k: 1, got " + ", ".join(wrong))
+        history_input = check_choice("madrec_history_input", config["madrec_history_input"],
+                                     HISTORY_INPUTS, "tokens")
+        if history_input == "items" and not config["madrec_teacher_forcing"]:
+            raise UserError("madrec_history_input: items encodes each history item as one "
+                            "entry, which needs a history that is never masked: set "
+                            "madrec_teacher_forcing: True (with madrec_attention: cached), or "
+                            "madrec_history_input: tokens")
         retrieval = check_choice("madrec_retrieval", config["madrec_retrieval"], RETRIEVAL_MODES,
                                  "generative")
         if retrieval != "generative" and next_k > 1:
@@ -151,6 +165,7 @@ class MADRec(GenerativeRecommender):
             raise UserError(f"madrec_teacher_forcing trains one slot per decoding step, but "
                             f"madrec_nfe={nfe} commits several of the {self.sid_len} slots at "
                             f"once: set madrec_nfe: ~ (= {self.sid_len})")
+        self.history_items = (view["madrec_history_input"] or "tokens") == "items"
         self.next_k_nfe = view["madrec_next_k_nfe"]
         next_k = view["next_k"] or 1
         if next_k > 1 and self.attention == "cached":
@@ -231,6 +246,20 @@ class MADRec(GenerativeRecommender):
              + self.recency_embedding(recency).repeat_interleave(m, 1)
              + self.slot_embedding.weight.repeat(I, 1))
         return self.dropout(x if text is None else x + text)
+
+    def embed_items(self, history, n_items, text=None):
+        """``madrec_history_input: items``: history SIDs ``[N, L, m]`` (-1 = pad) of sequences
+        of ``n_items`` ``[N]`` items -> one input per item ``[N, L, d]`` (the mean of its
+        tokens' embeddings + its recency; + the mean of its ``m`` slots' ``text``
+        ``[N, L * m, d]`` with ``madrec_dense``) and the real items ``[N, L]``."""
+        L = history.shape[1]
+        tokens = self.tokens_of(history).view(len(history), L, self.sid_len)
+        recency = (n_items[:, None] - 1 - torch.arange(L, device=history.device))
+        x = self.item_inputs(tokens) + self.recency_embedding(
+            recency.clamp(0, self.max_seq_length))
+        if text is not None:
+            x = x + text.view(len(history), L, self.sid_len, -1).mean(2)
+        return self.dropout(x), tokens[:, :, 0] > 0
 
     def attention_mask(self, key_mask, n_items):
         """``(b, S)`` real tokens -> what each query may see: ``(b, S)`` (``full``) or
@@ -520,12 +549,16 @@ class MADRec(GenerativeRecommender):
         tokens (which see each other). ``text``: :meth:`item_text_inputs` of the history
         (and the next items' zeros)."""
         L, m = int(length.max()), self.sid_len
-        hist_tokens = self.tokens_of(history[:, :L])  # (B, L*m)
-        real = hist_tokens > 0
+        if self.history_items:
+            x, real = self.embed_items(history[:, :L], length + n_next,
+                                       None if text is None else text[:, : L * m])
+        else:
+            hist_tokens = self.tokens_of(history[:, :L])  # (B, L*m)
+            real = hist_tokens > 0
+            x = self.embed(hist_tokens, length + n_next,
+                           None if text is None else text[:, : L * m])
         cache = KVCache(self.n_layers)
-        hist_text = None if text is None else text[:, : L * m]
-        self.encoder(self.embed(hist_tokens, length + n_next, hist_text), key_mask=real,
-                     cache=cache)
+        self.encoder(x, key_mask=real, cache=cache)
         cache.freeze()
         recency = torch.arange(n_next - 1, -1, -1, device=real.device).repeat_interleave(m)
         position = (self.recency_embedding(recency)

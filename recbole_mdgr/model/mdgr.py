@@ -244,7 +244,7 @@ class MDGR(GenerativeRecommender):
             x = self.dropout(self.token_inputs(tokens, items, self.history_slot_embedding))
             lengths = item_seq_len * self.sid_len
         else:
-            items = self.token_embedding(tokens).sum(2) / real.sum(2, keepdim=True).clamp(min=1)
+            items = self.item_inputs(tokens)
             if self.item_embedding is not None:
                 items = items + self.item_embedding(item_seq[:, :L])
             x = self.dropout(items + self.recency_embedding(position))
