@@ -141,8 +141,8 @@ def throughput_main(args, overrides: list[str]) -> None:
     peak = matmul_peak()
     rows = []
     for model in models:
-        config = {"preset": presets[model]} if presets[model] else {}
-        rows.append(model_throughput(model, args.dataset, config, steps=args.steps))
+        rows.append(model_throughput(model, args.dataset, run_config(presets[model]),
+                                     steps=args.steps))
         print(f"{model}: {rows[-1]['seconds_per_step']:.3f} s/step", flush=True)
     if args.stack:  # MADRec's shape; the paper's dropout (0.25) at each place, then ours
         for knobs in STACK_VARIANTS:
@@ -223,6 +223,11 @@ def settings(overrides: list[str]) -> dict:
     change what a run measures (values parsed as yaml)."""
     pairs = (o[2:].split("=", 1) for o in overrides if o.startswith("--") and "=" in o)
     return {k: yaml_value(v) for k, v in pairs if k not in NOT_SETTINGS}
+
+
+def run_config(preset: str | None, config: dict | None = None) -> dict:
+    """The config dict a run hands RecBole: its preset's name (if any) and its row config."""
+    return {**({"preset": preset} if preset else {}), **(config or {})}
 
 
 def recorded_overrides(run: dict) -> list:
@@ -323,7 +328,7 @@ def run_one(name: str, args, overrides: list[str]) -> None:
     row = suite_rows(args.suite, name)[name]
     model = row["model"]
     preset = preset_for(model, row.get("preset", args.preset))
-    config_dict = {**({"preset": preset} if preset else {}), **(row.get("config") or {})}
+    config_dict = run_config(preset, row.get("config"))
     sys.argv = [sys.argv[0]] + overrides  # RecBole's command-line parser reads these
     throughput = {}
     if args.throughput_steps > 0:

@@ -233,17 +233,21 @@ class MADRec(GenerativeRecommender):
         tokens = torch.where(codes >= 0, codes + self.token_offset, 0)
         return tokens.masked_fill(codes == -2, self.mask_token).flatten(1)
 
+    def item_recency(self, n_items, I):
+        """Recency embeddings ``[N, I, d]`` of the first ``I`` items of sequences of
+        ``n_items`` ``[N]`` items (0 = the last item)."""
+        steps = torch.arange(I, device=n_items.device)
+        # a full history plus k > 1 next items reaches past the table: its oldest items
+        # share the last recency
+        return self.recency_embedding((n_items[:, None] - 1 - steps).clamp(0, self.max_seq_length))
+
     def embed(self, tokens, n_items, text=None):
         """Tokens ``[N, I * m]`` of the first ``I`` items of sequences of ``n_items`` ``[N]``
         items -> inputs ``[N, I * m, d]``: token + recency (0 = last item) + slot (+ ``text``
         ``[N, I * m, d]``, :meth:`item_text_inputs`, with ``madrec_dense``)."""
         I, m = tokens.shape[1] // self.sid_len, self.sid_len
-        steps = torch.arange(I, device=tokens.device)
-        # a full history plus k > 1 next items reaches past the table: its oldest items
-        # share the last recency
-        recency = (n_items[:, None] - 1 - steps).clamp(0, self.max_seq_length)  # (N, I)
         x = (self.token_embedding(tokens)
-             + self.recency_embedding(recency).repeat_interleave(m, 1)
+             + self.item_recency(n_items, I).repeat_interleave(m, 1)
              + self.slot_embedding.weight.repeat(I, 1))
         return self.dropout(x if text is None else x + text)
 
@@ -254,9 +258,7 @@ class MADRec(GenerativeRecommender):
         ``[N, L * m, d]`` with ``madrec_dense``) and the real items ``[N, L]``."""
         L = history.shape[1]
         tokens = self.tokens_of(history).view(len(history), L, self.sid_len)
-        recency = (n_items[:, None] - 1 - torch.arange(L, device=history.device))
-        x = self.item_inputs(tokens) + self.recency_embedding(
-            recency.clamp(0, self.max_seq_length))
+        x = self.item_inputs(tokens) + self.item_recency(n_items, L)
         if text is not None:
             x = x + text.view(len(history), L, self.sid_len, -1).mean(2)
         return self.dropout(x), tokens[:, :, 0] > 0
