@@ -551,14 +551,13 @@ class MADRec(GenerativeRecommender):
         tokens (which see each other). ``text``: :meth:`item_text_inputs` of the history
         (and the next items' zeros)."""
         L, m = int(length.max()), self.sid_len
+        hist_text = None if text is None else text[:, : L * m]
         if self.history_items:
-            x, real = self.embed_items(history[:, :L], length + n_next,
-                                       None if text is None else text[:, : L * m])
+            x, real = self.embed_items(history[:, :L], length + n_next, hist_text)
         else:
             hist_tokens = self.tokens_of(history[:, :L])  # (B, L*m)
             real = hist_tokens > 0
-            x = self.embed(hist_tokens, length + n_next,
-                           None if text is None else text[:, : L * m])
+            x = self.embed(hist_tokens, length + n_next, hist_text)
         cache = KVCache(self.n_layers)
         self.encoder(x, key_mask=real, cache=cache)
         cache.freeze()
