@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 RUNS = "runs"
 PLOTS = {
@@ -82,15 +83,61 @@ COLUMNS = [
 SESSION_COLUMNS = [(f"SR@{k}", _metric(f"session_recall@{k}")) for k in (5, 10, 20)]
 
 
+def cpu_of(row: dict) -> str:
+    """The processor named in a run's ``machine`` line ("AMD EPYC", "Intel Xeon", a GPU's
+    name), or "" when the line names none."""
+    line = row.get("machine") or ""
+    if ", GPU " in line:
+        return line.split(", GPU ", 1)[1]
+    found = re.search(r"cores \((.*)\), torch", line)
+    if not found:
+        return ""
+    words = found.group(1).replace("(R)", "").replace("(TM)", "").split()
+    return " ".join(w for w in words if w not in ("Processor", "CPU"))
+
+
+def mixed_machines(rows: list[dict]) -> bool:
+    """Whether the runs come from more than one processor (so their times do not compare)."""
+    return len({cpu_of(row) for row in rows}) > 1
+
+
+def timed_labels(rows: list[dict]) -> list[str]:
+    """The runs' names on a plot whose axis is a time: with the processor in brackets when
+    the runs come from more than one."""
+    mixed = mixed_machines(rows)
+    return [f"{row['model']} [{cpu_of(row) or '?'}]" if mixed else row["model"]
+            for row in rows]
+
+
+MIXED_MACHINES_NOTE = ("These runs come from more than one processor (column `CPU`): compare "
+                       "minutes, s/epoch, tokens/s, GFLOP/s, users/s and ms/user only between "
+                       "runs of the same one; the share of peak is measured against each "
+                       "run's own machine.")
+
+
 def columns(rows: list[dict]) -> list[tuple]:
-    """:data:`COLUMNS`, with :data:`SESSION_COLUMNS` when some run measured them."""
+    """:data:`COLUMNS`, with :data:`SESSION_COLUMNS` when some run measured them and a
+    ``CPU`` column when the runs come from more than one processor."""
     session = [c for c in SESSION_COLUMNS if any(c[1](row) is not None for row in rows)]
     at = [name for name, _ in COLUMNS].index("MRR@10") + 1
-    return COLUMNS[:at] + session + COLUMNS[at:]
+    cpu = [("CPU", lambda row: cpu_of(row) or None)] if mixed_machines(rows) else []
+    return COLUMNS[:at] + session + COLUMNS[at:] + cpu
+
+
+def previous_order(folder: str) -> list[str]:
+    """The row order of the folder's last ``results.json`` ([] without one)."""
+    path = os.path.join(folder, "results.json")
+    try:
+        with open(path) as f:
+            return [row["model"] for row in json.load(f)]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def load_runs(folder: str, order: list[str] | None = None) -> list[dict]:
-    """The finished runs in ``folder/runs``, in ``order`` (then alphabetical)."""
+    """The finished runs in ``folder/runs``: in the order of the folder's last
+    ``results.json``, so that a re-run or a new row never reshuffles a table; the rows new
+    to it after those, in ``order`` (a suite's order), then alphabetical."""
     runs_dir = os.path.join(folder, RUNS)
     if not os.path.isdir(runs_dir):
         return []
@@ -99,7 +146,9 @@ def load_runs(folder: str, order: list[str] | None = None) -> list[dict]:
         if name.endswith(".json"):
             with open(os.path.join(runs_dir, name)) as f:
                 rows.append(json.load(f))
-    rank = {m: i for i, m in enumerate(order or [])}
+    rank: dict[str, int] = {}
+    for model in previous_order(folder) + list(order or []):
+        rank.setdefault(model, len(rank))
     return sorted(rows, key=lambda r: (rank.get(r["model"], len(rank)), r["model"]))
 
 
@@ -136,7 +185,8 @@ def write_reports(folder: str, order: list[str] | None = None) -> list[str]:
         writer.writerows(["" if v is None else v for v in values] for values in table_rows(rows))
     with open(paths[2], "w") as f:
         f.write(markdown(rows) + "\n\nMetrics in % (test split, best-validation checkpoint). "
-                "Runs:\n" + provenance(rows) + "\n")
+                + (MIXED_MACHINES_NOTE + " " if mixed_machines(rows) else "")
+                + "Runs:\n" + provenance(rows) + "\n")
     return (paths + plot_all(folder, rows) + write_variant_reports(folder)
             + write_retained_reports(folder, rows))
 
@@ -353,7 +403,8 @@ def plot_all(folder: str, rows: list[dict]) -> list[str]:
     ax.legend()
     save(fig, "recall_at_k")
 
-    curves = [(r["model"], r["result"].get("training", {}).get("valid_curve")) for r in rows]
+    curves = [(label, r["result"].get("training", {}).get("valid_curve"))
+              for label, r in zip(timed_labels(rows), rows)]
     if any(c for _, c in curves):
         fig, ax = plt.subplots(figsize=(6, 4))
         for model, curve in curves:
@@ -373,7 +424,9 @@ def plot_all(folder: str, rows: list[dict]) -> list[str]:
             ("recall_vs_nfe", _nfe, "NFE per user"),
             ("recall_vs_speed", _path("throughput", "inference_users_per_s"),
              "inference users/s")):
-        points = [(r["model"], x_of(r), _metric(metric)(r)) for r in decoders]
+        labels = timed_labels(decoders) if key == "recall_vs_speed" else [
+            r["model"] for r in decoders]
+        points = [(name, x_of(r), _metric(metric)(r)) for name, r in zip(labels, decoders)]
         points = [p for p in points if p[1] is not None and p[2] is not None]
         if not points:
             continue

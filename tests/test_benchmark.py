@@ -350,3 +350,60 @@ def test_throughput_gives_each_model_its_preset_and_the_overrides(monkeypatch, c
     assert calls == [("MADRec", "ml-100k", {"preset": "MADRec-cpu"}, 3, ["--n_layers=2"]),
                      ("TIGER", "ml-100k", {"preset": "TIGER-cpu"}, 3, ["--n_layers=2"])]
     assert capsys.readouterr().out.endswith("table\n")
+
+
+def test_runs_from_two_machines_are_labelled_with_their_processor_where_time_is_compared(
+        tmp_path):
+    from recbole_mdgr.report import cpu_of, timed_labels, write_reports
+
+    def run(model, cpu):
+        return {"model": model, "machine": f"2 cores ({cpu}), torch 2.13.0+cpu, 2 threads, "
+                                           "no GPU",
+                "result": {"test_result": {"recall@10": 0.07},
+                           "timing": {"fit_seconds": 60.0}}}
+
+    xeon, epyc = run("TIGER", "Intel(R) Xeon(R) Processor"), run("MDGR", "AMD EPYC")
+    assert cpu_of(xeon) == "Intel Xeon" and cpu_of(epyc) == "AMD EPYC"
+    assert cpu_of({"machine": "2 cores, GPU NVIDIA A100"}) == "NVIDIA A100"
+    assert cpu_of({"model": "old run without a machine line"}) == ""
+    assert timed_labels([xeon, run("SASRec", "Intel(R) Xeon(R) Processor")]) == [
+        "TIGER", "SASRec"]  # one machine: the plain names
+    assert timed_labels([xeon, epyc]) == ["TIGER [Intel Xeon]", "MDGR [AMD EPYC]"]
+
+    (tmp_path / "runs").mkdir()
+    for r in (xeon, epyc):
+        (tmp_path / "runs" / f"{r['model']}.json").write_text(json.dumps(r))
+    write_reports(str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    assert table.splitlines()[0].endswith("| CPU |")
+    assert "| AMD EPYC |" in table and "| Intel Xeon |" in table
+    assert "more than one processor" in table
+    with open(tmp_path / "results.csv") as f:
+        assert next(csv.reader(f))[-1] == "CPU"
+
+    os.remove(tmp_path / "runs" / "MDGR.json")
+    write_reports(str(tmp_path))
+    table = (tmp_path / "results.md").read_text()
+    assert "CPU" not in table.splitlines()[0] and "more than one processor" not in table
+
+
+def test_rewriting_the_reports_keeps_the_tables_row_order_and_appends_new_rows(tmp_path):
+    from recbole_mdgr.report import load_runs, write_reports
+
+    (tmp_path / "runs").mkdir()
+
+    def add(model):
+        (tmp_path / "runs" / f"{model}.json").write_text(json.dumps(
+            {"model": model, "result": {"test_result": {}, "timing": {"fit_seconds": 1.0}}}))
+
+    for model in ("b", "c", "a"):
+        add(model)
+    write_reports(str(tmp_path), ["c", "b", "a"])  # a suite's order
+    assert [r["model"] for r in load_runs(str(tmp_path))] == ["c", "b", "a"]
+    add("d")
+    write_reports(str(tmp_path), ["a", "d"])  # one row asked again, one new: no reshuffle
+    assert [r["model"] for r in load_runs(str(tmp_path))] == ["c", "b", "a", "d"]
+    with open(tmp_path / "results.json") as f:
+        assert [r["model"] for r in json.load(f)] == ["c", "b", "a", "d"]
+    (tmp_path / "results.json").write_text("not json")  # a damaged report is rebuilt
+    assert [r["model"] for r in load_runs(str(tmp_path), ["d"])] == ["d", "a", "b", "c"]
