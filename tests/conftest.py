@@ -72,6 +72,28 @@ def tiny_config(tmp_path, **overrides):
     return cfg
 
 
+@pytest.fixture(autouse=True)
+def close_tensorboard_writers(monkeypatch):
+    """RecBole's trainers open a tensorboard ``SummaryWriter`` under a relative path
+    (``log_tensorboard/``) and never close it; its flush thread could then write after the
+    test has left its temporary working directory, and fail there. Each writer a test opens
+    is closed at its end, while that directory is still the working one (monkeypatch, which
+    restores the old one, is torn down after this fixture)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    opened = []
+    init = SummaryWriter.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(SummaryWriter, "__init__", tracked)
+    yield
+    for writer in opened:
+        writer.close()
+
+
 @pytest.fixture
 def tiny(tmp_path, monkeypatch):
     """(tmp_path, config dict) with the tiny dataset written and cwd in tmp_path."""
