@@ -88,7 +88,9 @@ def parse_variants(text: str) -> list[dict]:
 
 def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") -> list[dict]:
     """Results on ``split`` (``test`` or ``valid``) of one checkpoint under each variant of
-    its config (decoding knobs); a row's metrics are under ``result[f"{split}_result"]``."""
+    its config (decoding knobs, ``exclude_history``); a row's metrics are under
+    ``result[f"{split}_result"]``. RecBole's own models too (their rows have no decode
+    figures)."""
     from time import perf_counter
 
     from recbole_mdgr.quick_start import load_data_and_model
@@ -114,7 +116,7 @@ def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") 
         timing = {"fit_seconds": 0.0, f"{split}_seconds": seconds,
                   f"{split}_ms_per_user": 1000.0 * seconds / len(data.dataset)}
         result = {f"{split}_result": dict(scores), "timing": timing,
-                  f"{split}_decode": dict(trainer.decode_summary)}
+                  f"{split}_decode": dict(getattr(trainer, "decode_summary", {}))}
         rows.append({"model": ", ".join(f"{k}={v}" for k, v in variant.items()),
                      "split": split, "users": len(data.dataset), "checkpoint": checkpoint,
                      "machine": machine(), "commit": code, "date": day, "result": result})

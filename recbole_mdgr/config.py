@@ -17,7 +17,7 @@ import os
 from recbole.config import Config as RecBoleConfig
 
 from recbole_mdgr.budget import check_budget_keys
-from recbole_mdgr.errors import UserError
+from recbole_mdgr.errors import UserError, check_bool
 from recbole_mdgr.utils import get_model
 
 
@@ -60,12 +60,14 @@ def plugin_yaml_files(model: str, dataset: str) -> list[str]:
 
 class Config(RecBoleConfig):
     """RecBole's ``Config`` that also knows the plugin's models and property files, and
-    checks the plugin's trainer keys (``train_time_budget``, ``lr_schedule``) as soon as the
-    configuration is read, so a typo is reported before the data and model are built."""
+    checks the plugin's trainer keys (``train_time_budget``, ``lr_schedule``,
+    ``exclude_history``) as soon as the configuration is read, so a typo is reported before
+    the data and model are built."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         check_budget_keys(self)
+        check_bool("exclude_history", self["exclude_history"])
 
     def _get_model_and_dataset(self, model, dataset):
         model = self._required("model", model)

@@ -35,6 +35,16 @@ def check_choice(key: str, value, choices: tuple, default=None):
     return value
 
 
+def check_bool(key: str, value) -> bool:
+    """``value`` of config key ``key`` as a bool (``~`` = False); a UserError naming the key
+    for anything but True, False or ~ (a quoted "False" would otherwise read as True)."""
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise UserError(f"{key} must be True or False, got {value!r}")
+    return value
+
+
 def check_positive_int(key: str, value, none: str | None = None) -> None:
     """Refuse ``value`` for config key ``key`` unless it is an integer >= 1 (a bool is not).
     ``none``, when given, says what ``~`` means for this key, and ``~`` is then accepted."""

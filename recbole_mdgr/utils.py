@@ -12,6 +12,7 @@ from recbole.utils import get_trainer as recbole_get_trainer
 from recbole_mdgr.budget import TimeBudgetMixin
 from recbole_mdgr.compat import CheckpointCompatMixin, recbole_model
 from recbole_mdgr.distributed import CPUDistributedMixin
+from recbole_mdgr.history import HistoryExclusionMixin
 
 PLUGIN_MODELS = ("TIGER", "MADRec", "MDGR")
 
@@ -61,8 +62,9 @@ def plugin_trainer(trainer_class: type) -> type:
     """RecBole's ``trainer_class`` with the plugin's mixins (cached per class).
 
     :class:`~recbole_mdgr.budget.TimeBudgetMixin` (``train_time_budget``, the result dict's
-    ``training``) and :class:`~recbole_mdgr.compat.CheckpointCompatMixin` (torch >= 2.6
-    checkpoint reload), so RecBole's models run under the same rules as the plugin's.
+    ``training``), :class:`~recbole_mdgr.compat.CheckpointCompatMixin` (torch >= 2.6
+    checkpoint reload) and :class:`~recbole_mdgr.history.HistoryExclusionMixin`
+    (``exclude_history``), so RecBole's models run under the same rules as the plugin's.
     """
     from recbole.trainer import Trainer
 
@@ -71,7 +73,8 @@ def plugin_trainer(trainer_class: type) -> type:
     if trainer_class not in _trainer_classes:
         _trainer_classes[trainer_class] = type(
             trainer_class.__name__,
-            (TimeBudgetMixin, CheckpointCompatMixin, CPUDistributedMixin, trainer_class), {}
+            (TimeBudgetMixin, CheckpointCompatMixin, HistoryExclusionMixin, CPUDistributedMixin,
+             trainer_class), {}
         )
     return _trainer_classes[trainer_class]
 

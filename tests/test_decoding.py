@@ -10,6 +10,9 @@ import torch
 
 from recbole_mdgr.model.decoding import (
     beam_step,
+    completes_banned,
+    distinct_sids,
+    drop_items,
     finish_beams,
     gather_beams,
     left_to_right_beam_search,
@@ -193,3 +196,60 @@ def test_finish_beams_keeps_the_best_beam_of_each_repeated_item():
         ranking = sorted(best, key=best.get, reverse=True)
         assert items[b, : len(ranking)].tolist() == ranking
         torch.testing.assert_close(top[b, : len(ranking)], torch.tensor([best[i] for i in ranking]))
+
+
+# ---------------------------------------------------------------------------- exclude_history
+def test_completes_banned_on_a_hand_case():
+    table = build_table(np.array([[0, 1, 2], [0, 1, 3], [1, 1, 0], [0, 2, 0], [2, 1, 0]]),
+                        [3, 3, 4], dedup="none")  # items 1..5
+    banned = torch.tensor([[[0, 1, 2], [0, 1, 3], [1, 1, 0], [-1, -1, -1]]] * 5)  # items 1-3
+    own = torch.tensor([
+        [0, 1, -1],  # last slot: tokens 2 and 3 complete items 1 and 2
+        [-1, 1, 0],  # last slot: token 1 completes item 3 (token 2 would be item 5)
+        [0, -1, -1],  # token 1 leaves items 1 and 2 only, both banned; 2 leaves item 4
+        [-1, -1, -1],  # token 1 leaves item 3 only; token 0 also leaves item 4
+        [2, 1, -1],  # no banned SID starts (2, 1)
+    ])
+    slot = torch.tensor([2, 0, 1, 0, 2])
+    out = completes_banned(table, own, slot, banned, vocab=4)
+    assert out.shape == (5, 4)
+    assert out.nonzero().tolist() == [[0, 2], [0, 3], [1, 1], [2, 1], [3, 1]]
+
+
+def test_distinct_sids_keeps_the_first_of_a_repeated_item():
+    banned = torch.tensor([[[0, 1], [2, 2], [0, 1], [-1, -1]]])
+    assert distinct_sids(banned).tolist() == [[[0, 1], [2, 2], [-1, -1], [-1, -1]]]
+
+
+def test_drop_items_removes_the_banned_and_refills_from_the_rest():
+    items = torch.tensor([[5, 3, 9, 2], [7, 1, 4, 0]])
+    scores = torch.tensor([[-1.0, -2.0, -3.0, -4.0], [-0.5, -1.5, -2.5, NEG_INF]])
+    banned = torch.tensor([[3, 0, 0], [7, 4, 1]])  # 0 = padding, bans nothing
+    picked, top = drop_items(items, scores, banned, k=3)
+    assert picked.tolist() == [[5, 9, 2], [0, 0, 0]]
+    assert top[0].tolist() == [-1.0, -3.0, -4.0] and torch.isneginf(top[1]).all()
+
+
+def test_full_width_search_without_the_banned_is_the_ranking_of_the_rest():
+    """Banned items are cut before pruning: at full width the result is exactly the exact
+    ranking with those items removed; at a narrow width every kept beam is an allowed item."""
+    table = build_table(np.random.default_rng(0).integers(0, 4, (30, 2)), [4, 4], "always")
+    B, n_real = 3, table.n_items - 1
+    history = torch.tensor([[1, 5, 9, 0], [2, 2, 0, 0], [0, 0, 0, 0]])  # 0 = padding
+    banned = table.lookup(history)
+    model = PrefixModel(table.vocab_sizes, B)
+    sids, scores = left_to_right_beam_search(model, table, B, width=n_real, banned=banned)
+    items, top, _, invalid = finish_beams(table, sids, scores, k=n_real)
+    assert invalid == 0
+    for b in range(B):
+        exact = {i: model.exact(b, table.codes[i].tolist()) for i in range(1, table.n_items)
+                 if i not in history[b].tolist()}
+        ranking = sorted(exact, key=exact.get, reverse=True)
+        assert items[b, : len(ranking)].tolist() == ranking
+        assert (items[b, len(ranking):] == 0).all()
+    for width in (1, 4):
+        model = PrefixModel(table.vocab_sizes, B)
+        sids, scores = left_to_right_beam_search(model, table, B, width=width, banned=banned)
+        items = table.items_of(sids.reshape(-1, table.m)).view(B, -1)
+        assert items.shape[1] == width and (items > 0).all() and torch.isfinite(scores).all()
+        assert not (items[:, :, None] == history[:, None, :]).any()

@@ -257,6 +257,35 @@ def test_constrained_search_returns_only_real_sids_with_nfe_equal_to_steps(sched
     assert (items > 0).all() and live.sum(1).min() == 8
 
 
+@pytest.mark.parametrize("schedule,order", [([1, 1, 1], "left_to_right"), ([1, 1, 1], "greedy"),
+                                            ([1, 2], "greedy"), ([3], "greedy")])
+def test_masked_search_never_returns_a_banned_item_and_keeps_its_width(schedule, order):
+    table = build_table(np.random.default_rng(1).integers(0, 6, (20, 2)), [6, 6], "always")
+    history = torch.tensor([[3, 7, 11, 0], [0, 0, 0, 0], [5, 6, 8, 13], [20, 19, 18, 17]])
+    model = SlotModel(table.vocab_sizes, B=4, seed=2)
+    sids, scores = masked_beam_search(model, table, 4, width=8, schedule=schedule, order=order,
+                                      banned=table.lookup(history))
+    items = table.items_of(sids.reshape(-1, table.m)).view(4, -1)
+    assert torch.isfinite(scores).all() and (items > 0).all() and items.shape[1] == 8
+    assert not (items[:, :, None] == history[:, None, :]).any()
+
+
+def test_banned_at_full_width_one_slot_per_step_is_exact_scoring_of_the_rest():
+    table = build_table(np.random.default_rng(0).integers(0, 4, (25, 2)), [4, 4], "always")
+    B, n = 2, table.n_items - 1
+    history = torch.tensor([[2, 4, 6, 0], [1, 25, 0, 0]])
+    model = SlotModel(table.vocab_sizes, B)
+    sids, scores = masked_beam_search(model, table, B, width=n, schedule=[1, 1, 1],
+                                      order="left_to_right", banned=table.lookup(history))
+    for b in range(B):
+        codes = [tuple(table.codes[i].tolist()) for i in range(1, table.n_items)
+                 if i not in history[b].tolist()]
+        exact = {c: model.along(b, c, range(3)) for c in codes}
+        ranking = sorted(exact, key=exact.get, reverse=True)
+        live = scores[b] > NEG_INF
+        assert [tuple(s) for s in sids[b][live].tolist()] == ranking
+
+
 # ---------------------------------------------------------------------------- the model
 @pytest.mark.parametrize("nfe", [1, 2, 4])
 def test_generate_runs_one_forward_per_step_for_all_beams(nfe):

@@ -159,3 +159,79 @@ def test_madrec_with_dense_retrieval_trains_reloads_and_ranks_three_ways(tiny):
     # unified only reorders the generated items: as many hits in the top 20 (= beam_size)
     assert by_mode["unified"]["hit@20"] == by_mode["generative"]["hit@20"]
     assert by_mode["dense"] != by_mode["generative"]
+
+
+@pytest.mark.parametrize("model", sorted(TINY))
+def test_exclude_history_keeps_every_history_item_out_of_full_lists(tiny, model, monkeypatch):
+    """One checkpoint, exclude_history off then on (``benchmark --checkpoint --variants``):
+    off, the tiny models list items of their own histories (so the check can fail); on,
+    no list holds one and no list is cut short (20 beams, 40 items, histories <= 10)."""
+    from recbole_mdgr.benchmark import decode_variants
+    from recbole_mdgr.utils import get_model
+
+    tmp, cfg = tiny
+    run_recbole_mdgr(model, "tiny", config_dict={**cfg, **TINY[model]})
+    (saved,) = [f for f in os.listdir(tmp / "saved") if f.startswith(f"{model}-")]
+    cls = get_model(model)
+    generate, seen = cls.generate, {}
+
+    def spy(self, interaction, k):
+        items, scores = generate(self, interaction, k)
+        history = interaction[self.ITEM_SEQ]
+        listed = (items[:, :, None] == history[:, None, :]) & (history[:, None, :] > 0)
+        counts = seen.setdefault(self.exclude_history, [0, 0])
+        counts[0] += int(listed.any(-1).sum())
+        counts[1] += int((items == 0).sum())
+        return items, scores
+
+    monkeypatch.setattr(cls, "generate", spy)
+    off, on = decode_variants(str(tmp / "saved" / saved),
+                              [{"exclude_history": False}, {"exclude_history": True}])
+    assert seen[False][0] > 0 and seen[True] == [0, 0]
+    assert off["result"]["test_result"] != on["result"]["test_result"]
+
+
+def test_recbole_sequential_models_get_their_history_scores_removed():
+    from types import SimpleNamespace
+
+    import torch
+    from recbole.data.interaction import Interaction
+
+    from recbole_mdgr.history import HistoryExclusionMixin
+
+    class Base:
+        def _full_sort_batch_eval(self, batched_data):
+            return batched_data[0], torch.zeros(2, 6), None, None
+
+    class Trainer(HistoryExclusionMixin, Base):
+        pass
+
+    trainer = Trainer()
+    trainer.model = SimpleNamespace(ITEM_SEQ="item_id_list")
+    batch = (Interaction({"item_id_list": torch.tensor([[3, 1, 0], [5, 5, 0]])}), None, None, None)
+    trainer.config = {"exclude_history": False}
+    _, scores, _, _ = trainer._full_sort_batch_eval(batch)
+    assert (scores == 0).all()
+    trainer.config = {"exclude_history": True}
+    _, scores, _, _ = trainer._full_sort_batch_eval(batch)
+    assert torch.isneginf(scores).nonzero().tolist() == [[0, 0], [0, 1], [0, 3], [1, 0], [1, 5]]
+    trainer.config = {"exclude_history": "yes"}
+    from recbole_mdgr.errors import UserError
+
+    with pytest.raises(UserError, match="exclude_history must be True or False"):
+        trainer._full_sort_batch_eval(batch)
+
+
+def test_sasrec_checkpoint_scores_with_and_without_its_history(tiny):
+    """RecBole's SASRec through the same variants command: the history rule changes its
+    test metrics; its rows carry no decode figures."""
+    from recbole_mdgr.benchmark import decode_variants
+
+    tmp, cfg = tiny
+    run_recbole_mdgr("SASRec", "tiny", config_dict={**cfg, "hidden_size": 16, "inner_size": 32,
+                                                     "n_layers": 1, "n_heads": 2})
+    (saved,) = [f for f in os.listdir(tmp / "saved") if f.startswith("SASRec-")]
+    off, on = decode_variants(str(tmp / "saved" / saved),
+                              [{"exclude_history": False}, {"exclude_history": True}])
+    assert off["result"]["test_decode"] == {} == on["result"]["test_decode"]
+    assert off["result"]["test_result"] != on["result"]["test_result"]

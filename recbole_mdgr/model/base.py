@@ -19,7 +19,7 @@ from recbole.utils import InputType
 
 from recbole_mdgr.data.dataset import SID_SUFFIX, check_sample_mode
 from recbole_mdgr.distributed import sum_over_processes
-from recbole_mdgr.errors import UserError, check_positive_int
+from recbole_mdgr.errors import UserError, check_bool, check_positive_int
 from recbole_mdgr.model.layers import Transformer
 from recbole_mdgr.tokenizer.settings import SIDSettings
 from recbole_mdgr.tokenizer.sid_table import SIDTable
@@ -112,6 +112,7 @@ class GenerativeRecommender(SequentialRecommender):
         """Refuse, by key, knobs no model can be built with. The runner calls it as soon as
         the config is read (before any data); ``__init__`` calls it too. Models extend it."""
         check_stack_config(config)
+        check_bool("exclude_history", config["exclude_history"])
         SIDSettings.from_config(config).check()
         check_sample_mode(config["train_sample_mode"])
 
@@ -154,10 +155,16 @@ class GenerativeRecommender(SequentialRecommender):
         self.encoder_buckets = config["encoder_buckets"]
         self.beam_size = config["beam_size"]
         self.sid_constrained = config["sid_constrained"]
+        self.exclude_history = check_bool("exclude_history", ConfigView(config)["exclude_history"])
         self.order_seed = ConfigView(config)["seed"] or 0  # unmasking order `random`
         # code c at SID slot j is token offset_j + c + 1; 0 is padding
         offsets = torch.tensor([0, *self.sid_vocab_sizes[:-1]]).cumsum(0) + 1
         self.register_buffer("token_offset", offsets, persistent=False)  # (m,)
+
+    def banned_sids(self, interaction) -> torch.Tensor | None:
+        """``[B, L, m]`` SIDs of each user's history items (padding -1), which the beam
+        searches must not return, when ``exclude_history`` is on; None otherwise."""
+        return interaction[self.ITEM_SEQ_SID] if self.exclude_history else None
 
     def order_generator(self):
         """The seeded generator of the ``random`` unmasking order (``self.order``, set by

@@ -24,6 +24,11 @@ exact scoring gives) rather than a renormalised one.
 beams of all users, each beam commits the slots its ``order`` picks, a ``schedule`` says how
 many per step (NFE = its length), and the constraint covers any set of fixed slots. It
 decodes one item's ``m`` slots or the ``k * m`` slots of the next ``k`` items jointly.
+
+Both drivers take ``banned`` SIDs (``exclude_history``: the user's own history): a candidate
+after which an item can only become a banned one is ``-inf`` before the beams are pruned,
+so the ``width`` kept all end in allowed items (:func:`completes_banned`).
+:func:`drop_items` does the same for a ranked item list (dense retrieval, exact scoring).
 """
 
 from __future__ import annotations
@@ -144,12 +149,67 @@ def allowed_next(sid_table: SIDTable, prefix: torch.Tensor) -> torch.Tensor:
     return sid_table.allowed_at(partial, fixed, j)
 
 
+def distinct_sids(banned: torch.Tensor) -> torch.Tensor:
+    """``banned`` ``[B, L, m]`` with each user's repeated SIDs (an item seen twice) set to
+    ``-1``, which bans nothing: :func:`completes_banned` counts distinct items."""
+    same = (banned[:, :, None] == banned[:, None, :]).all(-1)  # (B, L, L)
+    earlier = torch.ones_like(same[0]).tril(-1)  # l2 < l
+    repeat = (same & earlier).any(-1)  # (B, L)
+    return banned.masked_fill(repeat[:, :, None], -1)
+
+
+def completes_banned(sid_table: SIDTable, own: torch.Tensor, slot: torch.Tensor,
+                     banned: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Tokens after which a partial SID can only become a banned item.
+
+    Args:
+        own: ``[N, m]`` one item's partial SID per row, ``-1`` at open slots; the row
+            commits ``slot`` ``[N]`` (an open slot) now.
+        banned: ``[N, L, m]`` distinct SIDs (:func:`distinct_sids`) the row must not
+            produce; a SID with a negative code (padding) bans nothing.
+        vocab: width of the returned mask.
+
+    Returns:
+        ``[N, vocab]`` bool: True where, with that token at ``slot``, every item the SID can
+        still become is banned: at the last open slot, the token completing a banned SID;
+        earlier, when the token leaves only banned items reachable (with amazon-beauty's
+        dedup token a SID usually names its item one slot before the end), so a search
+        spends no beam on a prefix that can only end in a banned item.
+    """
+    N, L, m = banned.shape
+    out = torch.zeros(N, vocab, dtype=torch.bool, device=own.device)
+    valid = (banned >= 0).all(-1)  # (N, L)
+    agrees = ((banned == own[:, None]) | (own[:, None] < 0)).all(-1) & valid
+    n, h = agrees.nonzero(as_tuple=True)  # (row, banned SID) pairs: candidate token = its code
+    if len(n) == 0:
+        return out
+    token = banned[n, h, slot[n]]
+    after = own[n].clone()
+    after[torch.arange(len(n), device=own.device), slot[n]] = token
+    reachable = sid_table.count_matching(after, after >= 0)
+    few = (reachable > 0) & (reachable <= L)  # could all be banned
+    n, token, after, reachable = n[few], token[few], after[few], reachable[few]
+    still = ((banned[n] == after[:, None]) | (after[:, None] < 0)).all(-1) & valid[n]  # (P, L)
+    only_banned = still.sum(1) >= reachable
+    out[n[only_banned], token[only_banned]] = True
+    return out
+
+
+def drop_items(items: torch.Tensor, scores: torch.Tensor, banned: torch.Tensor, k: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``k`` of ``items`` ``[B, W]`` by ``scores`` once the ``banned`` ``[B, L]`` items
+    (``<= 0``: none) are removed; padded with item 0 / ``-inf`` (:func:`top_k_items`)."""
+    hit = ((items[:, :, None] == banned[:, None, :]) & (banned[:, None, :] > 0)).any(-1)
+    return top_k_items(items, scores.masked_fill(hit, NEG_INF), k)
+
+
 def left_to_right_beam_search(
     step: Callable[[torch.Tensor | None, torch.Tensor | None], torch.Tensor],
     sid_table: SIDTable,
     batch_size: int,
     width: int,
     constrained: bool = True,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Autoregressive beam search over SID positions 0..m-1: exactly ``m`` calls of ``step``.
 
@@ -161,6 +221,9 @@ def left_to_right_beam_search(
             ``j = 0`` (one BOS row per user). Returns ``[N, vocab_sizes[j]]`` log-probs.
         width: beam width W (beams per user).
         constrained: mask tokens that lead to no item's SID (valid-prefix constraint).
+        banned: ``[B, L, m]`` SIDs each user must not get (padding ``-1``); a token is
+            masked, before pruning, once it leaves only banned items reachable
+            (:func:`completes_banned`).
 
     Returns:
         (sids ``[B, W', m]``, scores ``[B, W']``), best first, W' <= width; dead beams
@@ -168,6 +231,7 @@ def left_to_right_beam_search(
     """
     B = batch_size
     device = sid_table.device
+    banned = None if banned is None else distinct_sids(banned.to(device))
     scores = torch.zeros(B, 1, device=device)  # (B, W_j): one empty beam per user
     sids = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (B, W_j, j)
     tokens = parents = None
@@ -177,6 +241,12 @@ def left_to_right_beam_search(
         if constrained:
             ok = allowed_next(sid_table, sids.reshape(B * W_j, j)).view(B, W_j, -1)
             log_probs = log_probs.masked_fill(~ok, NEG_INF)
+        if banned is not None:
+            own = torch.cat([sids.reshape(B * W_j, j),
+                             sids.new_full((B * W_j, sid_table.m - j), -1)], 1)
+            no = completes_banned(sid_table, own, own.new_full((B * W_j,), j),
+                                  banned.repeat_interleave(W_j, 0), log_probs.shape[-1])
+            log_probs = log_probs.masked_fill(no.view(B, W_j, -1), NEG_INF)
         scores, parent, token = beam_step(scores, log_probs, width)
         live = max(int((scores > NEG_INF).sum(1).max()), 1)  # drop all-dead tail columns
         scores, parent, token = scores[:, :live], parent[:, :live], token[:, :live]
@@ -253,6 +323,7 @@ def masked_beam_search(
     constrained: bool = True,
     generator: torch.Generator | None = None,
     n_items: int = 1,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Any-order beam search over the ``S = n_items * m`` SID slots of the next
     ``n_items`` items: ``len(schedule)`` calls of ``step`` (the NFE), each for all beams of
@@ -270,6 +341,9 @@ def masked_beam_search(
             chooses its own, from its own log-probs.
         constrained: only tokens that keep some item's SID reachable, given the slots
             of the same item already fixed (any subset), are allowed.
+        banned: ``[B, L, m]`` SIDs no item of a user's result may be (padding ``-1``): a
+            token is masked, before pruning, once it leaves one of the beam's items only
+            banned items to become (:func:`completes_banned`).
 
     Slots committed in one call use the paper's conditional-independence approximation
     (§3.2): the joint log-probability of their tokens is the sum of their log-probs from
@@ -285,6 +359,7 @@ def masked_beam_search(
     B, m, device = batch_size, n_items * sid_table.m, sid_table.device
     if sum(schedule) != m or min(schedule) < 1:
         raise ValueError(f"a decoding schedule must commit the {m} SID slots, got {schedule}")
+    banned = None if banned is None else distinct_sids(banned.to(device))
     partial = torch.full((B, 1, m), -1, dtype=torch.long, device=device)
     scores = torch.zeros(B, 1, device=device)
     for k in schedule:
@@ -299,6 +374,13 @@ def masked_beam_search(
             if constrained:
                 ok = _allowed_at_slots(sid_table, partial.view(B * W_s, m), j.reshape(-1), V)
                 lp = lp.masked_fill(~ok.view(B, W_s, V), NEG_INF)
+            if banned is not None:
+                rows = torch.arange(B * W_s, device=device)
+                slot = j.reshape(-1)
+                own = partial.view(B * W_s, n_items, -1)[rows, slot // sid_table.m]
+                no = completes_banned(sid_table, own, slot % sid_table.m,
+                                      banned.repeat_interleave(W_s, 0), V)
+                lp = lp.masked_fill(no.view(B, W_s, V), NEG_INF)
             ahead = best.gather(2, slots[:, :, i + 1 :]).sum(-1)  # (B, W_s)
             ranked, parent, token = beam_step(scores + ahead, lp, width)
             scores = ranked - ahead.gather(1, parent)

@@ -16,6 +16,7 @@ from recbole_mdgr.errors import UserError, check_choice, check_positive_int
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     UNMASK_ORDERS,
+    drop_items,
     finish_beams,
     masked_beam_search,
     nfe_schedule,
@@ -443,12 +444,19 @@ class MADRec(GenerativeRecommender):
         B = history.shape[0]
         step = self.decoding_step(interaction)
         if self.retrieval == "dense":
-            items, scores = self.dense_index().search(self.dense_query(step, B), k)
+            if self.exclude_history:
+                seq = interaction[self.ITEM_SEQ]
+                wide = min(k + seq.shape[1], self.n_items - 1)
+                items, scores = drop_items(
+                    *self.dense_index().search(self.dense_query(step, B), wide), seq, k)
+            else:
+                items, scores = self.dense_index().search(self.dense_query(step, B), k)
             self.decode_stats.add(B, nfe=1, generated=B * k, invalid=0)
             return items, scores
         sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,
                                           self.schedule, self.order, self.sid_constrained,
-                                          self.order_generator())
+                                          self.order_generator(),
+                                          banned=self.banned_sids(interaction))
         nfe = len(self.schedule)
         if self.retrieval == "unified":
             items, _, generated, invalid = finish_beams(self.sid_table, sids, scores,
@@ -472,7 +480,8 @@ class MADRec(GenerativeRecommender):
                                 self.next_k_nfe or k * len(self.schedule))
         sids, scores = masked_beam_search(self.decoding_step(interaction, k), self.sid_table,
                                           B, width, schedule, self.order,
-                                          self.sid_constrained, self.order_generator(), k)
+                                          self.sid_constrained, self.order_generator(), k,
+                                          self.banned_sids(interaction))
         sessions, scores, generated, invalid = finish_sessions(self.sid_table, sids, scores,
                                                                width)
         self.decode_stats.add(B, nfe=len(schedule), generated=generated, invalid=invalid)

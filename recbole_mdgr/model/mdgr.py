@@ -438,7 +438,8 @@ class MDGR(GenerativeRecommender):
 
         sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,
                                           self.schedule, self.order, self.sid_constrained,
-                                          self.order_generator())
+                                          self.order_generator(),
+                                          banned=self.banned_sids(interaction))
         items, scores, generated, invalid = finish_beams(self.sid_table, sids, scores, k)
         self.decode_stats.add(B, nfe=len(self.schedule), generated=generated, invalid=invalid)
         return items, scores

@@ -168,6 +168,8 @@ class TIGER(GenerativeRecommender):
     def generate(self, interaction, k):
         if self.decode_mode == "exact":
             scores = self.score_all_items(interaction)
+            if self.exclude_history:
+                scores.scatter_(1, interaction[self.ITEM_SEQ], NEG_INF)
             items = torch.arange(self.n_items, device=scores.device).expand_as(scores)
             items, scores = top_k_items(items, scores, k)
             # its real cost: one teacher-forced decoder pass per candidate SID, for each user
@@ -190,7 +192,8 @@ class TIGER(GenerativeRecommender):
             return self.heads[j](hidden[:, 0]).float().log_softmax(-1)  # (N, V_j)
 
         sids, beam_scores = left_to_right_beam_search(
-            step, self.sid_table, B, self.beam_size, self.sid_constrained
+            step, self.sid_table, B, self.beam_size, self.sid_constrained,
+            self.banned_sids(interaction)
         )
         items, scores, generated, invalid = finish_beams(self.sid_table, sids, beam_scores, k)
         self.decode_stats.add(B, nfe=self.sid_len, generated=generated, invalid=invalid)

@@ -208,6 +208,21 @@ class SIDTable:
             out[rows[hit]] = bits.flatten(1)[:, :V].bool().to(out.device)
         return out
 
+    def count_matching(self, partial: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """``[N]`` long: how many items agree with ``partial [N, m]`` on its ``fixed [N, m]``
+        positions (any subset; none fixed = every item). One search per row, as in
+        :meth:`allowed_at`."""
+        out = torch.zeros(partial.shape[0], dtype=torch.long, device=partial.device)
+        fixed = fixed.to(partial.device)
+        patterns = (fixed.long() << torch.arange(self.m, device=fixed.device)).sum(1)
+        for pattern in torch.unique(patterns).tolist():
+            rows = (patterns == pattern).nonzero(as_tuple=True)[0]
+            if pattern == 0:
+                out[rows] = self.n_items - 1
+                continue
+            out[rows] = self._find(partial[rows], fixed[rows], pattern)[1].to(out.device)
+        return out
+
     # ------------------------------------------------------------------ internals
     def _hash(self, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Wrap-around int64 hash of the masked positions of ``codes [N, m]``."""
