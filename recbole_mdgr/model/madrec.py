@@ -444,13 +444,11 @@ class MADRec(GenerativeRecommender):
         B = history.shape[0]
         step = self.decoding_step(interaction)
         if self.retrieval == "dense":
-            if self.exclude_history:
-                seq = interaction[self.ITEM_SEQ]
-                wide = min(k + seq.shape[1], self.n_items - 1)
-                items, scores = drop_items(
-                    *self.dense_index().search(self.dense_query(step, B), wide), seq, k)
-            else:
-                items, scores = self.dense_index().search(self.dense_query(step, B), k)
+            seq = interaction[self.ITEM_SEQ]
+            wide = min(k + seq.shape[1], self.n_items - 1) if self.exclude_history else k
+            items, scores = self.dense_index().search(self.dense_query(step, B), wide)
+            if self.exclude_history:  # search past the history, then drop it
+                items, scores = drop_items(items, scores, seq, k)
             self.decode_stats.add(B, nfe=1, generated=B * k, invalid=0)
             return items, scores
         sids, scores = masked_beam_search(step, self.sid_table, B, self.beam_size,

@@ -191,9 +191,7 @@ class SIDTable:
         N, V = partial.shape[0], self.vocab_sizes[j]
         out = torch.zeros(N, V, dtype=torch.bool, device=partial.device)
         fixed = fixed.to(partial.device)
-        patterns = (fixed.long() << torch.arange(self.m, device=fixed.device)).sum(1)
-        for pattern in torch.unique(patterns).tolist():
-            rows = (patterns == pattern).nonzero(as_tuple=True)[0]
+        for pattern, rows in self._rows_by_pattern(fixed):
             if pattern == 0:
                 out[rows] = self._used[j, :V].to(out.device)
                 continue
@@ -214,9 +212,7 @@ class SIDTable:
         :meth:`allowed_at`."""
         out = torch.zeros(partial.shape[0], dtype=torch.long, device=partial.device)
         fixed = fixed.to(partial.device)
-        patterns = (fixed.long() << torch.arange(self.m, device=fixed.device)).sum(1)
-        for pattern in torch.unique(patterns).tolist():
-            rows = (patterns == pattern).nonzero(as_tuple=True)[0]
+        for pattern, rows in self._rows_by_pattern(fixed):
             if pattern == 0:
                 out[rows] = self.n_items - 1
                 continue
@@ -224,6 +220,13 @@ class SIDTable:
         return out
 
     # ------------------------------------------------------------------ internals
+    def _rows_by_pattern(self, fixed: torch.Tensor):
+        """``fixed [N, m]`` bool -> ``(pattern, rows)`` per distinct fixed pattern: its bit mask
+        (bit j = position j fixed) and the indices of the rows that have it."""
+        patterns = (fixed.long() << torch.arange(self.m, device=fixed.device)).sum(1)
+        for pattern in torch.unique(patterns).tolist():
+            yield pattern, (patterns == pattern).nonzero(as_tuple=True)[0]
+
     def _hash(self, codes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Wrap-around int64 hash of the masked positions of ``codes [N, m]``."""
         return ((codes + 1) * self._mult * mask.long()).sum(1)
