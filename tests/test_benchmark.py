@@ -89,7 +89,7 @@ def test_every_shipped_suite_names_known_models_and_config_keys():
     assert {"mdgr-noise", "sid-ablation", "text-encoder", "recall-at-40"} <= set(suites)
     for suite in suites:
         rows = suite_rows(suite, "")
-        # distinct result files; a one-row suite compares with a run in the docs (tiger-schedule)
+        # distinct result files, at least one per suite
         assert len({run_path("o", name) for name in rows}) == len(rows) >= 1
         for name, row in rows.items():
             get_model(row["model"])
