@@ -1,5 +1,6 @@
 """SID-aware dataset: sample counts of both modes, SID fields in every batch."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,12 +243,38 @@ def test_training_pairs_hold_every_training_item_and_no_evaluation_target(tmp_pa
     assert len(got) == len(want)  # each pair once
 
 
+def test_dedup_order_popularity_numbers_each_group_by_its_training_users(tmp_path, monkeypatch):
+    """``sid_dedup_order: popularity``: within each group of items sharing their codes, dedup
+    token 0, 1, ... go by falling count of training users (ties by item id), counted from
+    the training split only; ``item_id`` (the default) numbers them by item id. The codes
+    before the dedup token are the same, and the two tables are cached apart."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    write_tiny_dataset(tmp_path, name="pop", n_items=30)
+    tables = {}
+    for order in ("popularity", "item_id"):
+        cfg = tiny_config(tmp_path, sid_quantizer="random", sid_levels=1, sid_codebook_size=3,
+                          sid_dedup="always", sid_dedup_order=order)
+        dataset = SIDSequentialDataset(Config("TIGER", "pop", config_dict=cfg))
+        dataset.build()
+        tables[order] = dataset.sid_table.codes[1:].numpy()
+    users = np.bincount(dataset.sid_train_pairs[:, 1], minlength=dataset.item_num)
+    pop, plain = tables["popularity"], tables["item_id"]
+    np.testing.assert_array_equal(pop[:, 0], plain[:, 0])
+    groups = [np.flatnonzero(pop[:, 0] == g) + 1 for g in np.unique(pop[:, 0])]
+    assert max(len(g) for g in groups) >= 5
+    for items in groups:
+        assert items[np.argsort(pop[items - 1, 1])].tolist() == sorted(
+            items.tolist(), key=lambda i: (-users[i], i))
+        assert plain[items - 1, 1].tolist() == list(range(len(items)))
+    assert not np.array_equal(pop[:, 1], plain[:, 1])
+    assert len(list((tmp_path / "saved" / "sid").glob("pop-random-*.npz"))) == 2
+
+
 def test_interaction_vectors_put_items_of_the_same_users_together():
     """Items 1-4 are bought only by users 0-5, items 5-8 only by users 6-11, item 9 by
     nobody: each item is nearer (cosine) to every item of its group than to any of the
     other, and the unseen item's vector is zero."""
-    import numpy as np
-
     from recbole_mdgr.tokenizer.embed import interaction_vectors
 
     rng = np.random.default_rng(0)

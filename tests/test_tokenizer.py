@@ -155,6 +155,29 @@ def test_dedup_makes_every_sid_unique_and_keeps_every_item():
     np.testing.assert_array_equal(table.items_of(real).numpy(), np.arange(1, len(raw) + 1))
 
 
+def test_dedup_order_popularity_gives_token_0_to_each_groups_most_popular_item():
+    """Groups (0, 1): items 0, 1, 3 with 5, 9, 9 training users; (2, 3): items 2, 4 with 1
+    and 4; (1, 1): item 5 alone. By popularity, ties by item id: 1, 3, 0 and 4, 2."""
+    from recbole_mdgr.errors import UserError
+    from recbole_mdgr.tokenizer import dedup_codes
+
+    raw = np.array([[0, 1], [0, 1], [2, 3], [0, 1], [2, 3], [1, 1]])
+    popularity = np.array([5, 9, 1, 9, 4, 0])
+    codes, size, stats = dedup_codes(raw, "auto", popularity)
+    assert codes[:, 2].tolist() == [2, 0, 1, 1, 0, 0] and size == 3
+    np.testing.assert_array_equal(codes[:, :2], raw)  # only the dedup column moves
+    plain, plain_size, plain_stats = dedup_codes(raw, "auto")
+    assert plain[:, 2].tolist() == [0, 1, 0, 2, 1, 0] and plain_size == 3
+    assert stats == plain_stats
+    with pytest.raises(ValueError, match="popularity has 3 entries for 6 items"):
+        dedup_codes(raw, "auto", popularity[:3])
+    settings = SIDSettings.from_config
+    assert settings(Cfg(sid_dedup_order="popularity")).as_key() != settings(Cfg()).as_key()
+    assert "dedup_order" not in settings(Cfg()).as_key()  # tables cached before keep their key
+    with pytest.raises(UserError, match="sid_dedup_order must be one of"):
+        settings(Cfg(sid_dedup_order="often")).check()
+
+
 def test_allowed_tokens_and_items_of_match_a_brute_force_scan():
     rng = np.random.default_rng(1)
     sizes = [5, 4, 6]

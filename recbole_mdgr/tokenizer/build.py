@@ -3,11 +3,14 @@ through the on-disk cache, with one readable block of statistics in the log."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import replace
 
 import numpy as np
+
+from recbole_mdgr.errors import UserError
 
 from .cache import cache_key, cache_path, load_table, save_table
 from .embed import vector_source
@@ -33,7 +36,12 @@ def build_sid_table(config, dataset) -> SIDTable:
     quantizer = make_quantizer(settings)
     source = vector_source(settings, dataset)
     item_tokens = dataset.field2id_token[dataset.iid_field][: dataset.item_num]
-    key = cache_key(item_tokens, source.name, source.digest, settings.as_key())
+    key_settings = settings.as_key()
+    popularity = None
+    if settings.dedup_order == "popularity":
+        popularity = training_popularity(dataset)
+        key_settings["popularity"] = hashlib.sha256(popularity.tobytes()).hexdigest()
+    key = cache_key(item_tokens, source.name, source.digest, key_settings)
     path = None
     if settings.cache:
         path = cache_path(
@@ -59,6 +67,7 @@ def build_sid_table(config, dataset) -> SIDTable:
         raw,
         quantizer.codebook_sizes,
         settings.dedup,
+        popularity,
         dataset=dataset.dataset_name,
         quantizer=settings.quantizer,
         source=source.name,
@@ -73,6 +82,18 @@ def build_sid_table(config, dataset) -> SIDTable:
         save_table(path, key, table)
     logging.getLogger().info(format_stats(table))
     return table
+
+
+def training_popularity(dataset) -> np.ndarray:
+    """``[item_num - 1]`` int64: how many training users interacted with each real item (the
+    order of ``sid_dedup_order: popularity``); validation and test targets do not count."""
+    pairs = getattr(dataset, "sid_train_pairs", None)
+    if pairs is None:
+        raise UserError("sid_dedup_order: popularity counts the training split, which exists "
+                        "once the dataset is built (the runner and `python -m "
+                        "recbole_mdgr.tokenizer` build it)")
+    counts = np.bincount(np.asarray(pairs, dtype=np.int64)[:, 1], minlength=dataset.item_num)
+    return counts[1:].astype(np.int64)
 
 
 def resolved_settings(config, dataset) -> SIDSettings:

@@ -19,6 +19,7 @@ class SIDSettings:
     levels: int = 3
     codebook_sizes: tuple[int, ...] = (256, 256, 256)
     dedup: str = "auto"
+    dedup_order: str = "item_id"
     kmeans_iters: int = 25
     threads: int = 1
     seed: int = 2020
@@ -68,6 +69,7 @@ class SIDSettings:
             levels=len(sizes),
             codebook_sizes=sizes,
             dedup=str(get("sid_dedup", d.dedup)),
+            dedup_order=str(get("sid_dedup_order", d.dedup_order)),
             kmeans_iters=int(get("sid_kmeans_iters", d.kmeans_iters)),
             threads=int(get("sid_threads", d.threads)),
             seed=int(get("sid_seed", d.seed)),  # not `seed`: a seed sweep keeps its SIDs
@@ -95,16 +97,21 @@ class SIDSettings:
         """Refuse, by key, settings no table can be built with (before any data is read)."""
         from .embed import SVD_SOLVERS, VECTOR_SOURCES, check_text_encoder
         from .quantizers import check_quantizer
-        from .sid_table import check_dedup_mode
+        from .sid_table import check_dedup_mode, check_dedup_order
 
         check_choice("sid_vector_source", self.vector_source, VECTOR_SOURCES, "content")
         check_quantizer(self.quantizer)
         check_dedup_mode(self.dedup)
+        check_dedup_order(self.dedup_order)
         check_text_encoder(self.text_encoder)
         check_choice("sid_svd_solver", self.svd_solver, tuple(SVD_SOLVERS), "randomized")
 
     def as_key(self) -> dict:
-        """The settings that determine the codes (``cache`` does not), for hashing."""
+        """The settings that determine the codes (``cache`` does not), for hashing. The
+        default ``dedup_order`` is left out, so tables cached before the key existed keep
+        their cache key."""
         out = asdict(self)
         out.pop("cache")
+        if out["dedup_order"] == "item_id":
+            out.pop("dedup_order")
         return out

@@ -22,10 +22,15 @@ import torch
 from recbole_mdgr.errors import UserError, check_choice
 
 DEDUP_MODES = ("auto", "always", "none")
+DEDUP_ORDERS = ("item_id", "popularity")
 
 
 def check_dedup_mode(mode: str) -> None:
     check_choice("sid_dedup", mode, DEDUP_MODES)
+
+
+def check_dedup_order(order: str) -> None:
+    check_choice("sid_dedup_order", order, DEDUP_ORDERS)
 
 
 INDEX_CACHE_MB = 2048.0  # default bound of a table's constraint indexes (see SIDTable)
@@ -308,18 +313,24 @@ def collision_groups(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return inverse.reshape(-1), counts  # numpy 2.0 gives the inverse a trailing axis
 
 
-def dedup_codes(raw: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, int, dict]:
+def dedup_codes(
+    raw: np.ndarray, mode: str = "auto", popularity: np.ndarray | None = None
+) -> tuple[np.ndarray, int, dict]:
     """Make every item's SID unique by appending a dedup token where tuples collide.
 
     Args:
         raw: ``[n_real, m0]`` codes of the real items (no padding row).
         mode: ``auto`` appends a column only when some tuples collide; ``always`` appends it
             in any case (TIGER's convention); ``none`` refuses collisions with an error.
+        popularity: ``[n_real]`` training interaction counts, or None. With them the items
+            of a group get their tokens by falling popularity (ties by item id), so token 0
+            is always the group's most popular item, a meaning every group shares; without
+            them, in item-id order, which means nothing.
 
     Returns:
         (codes ``[n_real, m]``, size of the dedup column's vocabulary or 0, collision stats).
-        Items of one collision group get tokens 0, 1, ... in item-id order, so no item is
-        ever dropped or merged.
+        Items of one collision group get tokens 0, 1, ..., so no item is ever dropped or
+        merged.
     """
     check_dedup_mode(mode)
     raw = np.ascontiguousarray(raw, dtype=np.int64)
@@ -337,7 +348,13 @@ def dedup_codes(raw: np.ndarray, mode: str = "auto") -> tuple[np.ndarray, int, d
             "'auto' or 'always', or use more codewords"
         )
     if mode == "always" or (mode == "auto" and collide):
-        order = np.argsort(inverse, kind="stable")
+        if popularity is None:
+            order = np.argsort(inverse, kind="stable")
+        else:
+            if len(popularity) != len(raw):
+                raise ValueError(f"popularity has {len(popularity)} entries for {len(raw)} items")
+            # by group, then falling popularity, then item id (np.lexsort: last key first)
+            order = np.lexsort((np.arange(len(raw)), -np.asarray(popularity), inverse))
         rank = np.empty(len(raw), dtype=np.int64)
         starts = np.cumsum(counts) - counts
         rank[order] = np.arange(len(raw)) - np.repeat(starts, counts)
@@ -357,12 +374,14 @@ def codebook_stats(raw: np.ndarray, codebook_sizes: Sequence[int]) -> dict:
 
 
 def build_table(
-    raw: np.ndarray, codebook_sizes: Sequence[int], dedup: str = "auto", **extra_stats
+    raw: np.ndarray, codebook_sizes: Sequence[int], dedup: str = "auto",
+    popularity: np.ndarray | None = None, **extra_stats
 ) -> SIDTable:
-    """Raw quantizer codes of items 1..n-1 -> a :class:`SIDTable` with padding row and dedup."""
+    """Raw quantizer codes of items 1..n-1 -> a :class:`SIDTable` with padding row and dedup
+    (in order of ``popularity`` within a collision group when given, :func:`dedup_codes`)."""
     raw = np.asarray(raw, dtype=np.int64)
     stats = codebook_stats(raw, codebook_sizes)
-    codes, dedup_size, coll = dedup_codes(raw, dedup)
+    codes, dedup_size, coll = dedup_codes(raw, dedup, popularity)
     stats.update(coll)
     stats.update(extra_stats)
     vocab = list(codebook_sizes) + ([dedup_size] if dedup_size else [])
