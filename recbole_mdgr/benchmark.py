@@ -212,6 +212,24 @@ def pick_rows(rows: dict[str, dict], names: str) -> dict[str, dict]:
     return {n: rows[n] for n in picked}
 
 
+def with_seeds(rows: dict[str, dict], seeds: str | None) -> dict[str, dict]:
+    """``--seeds=2020,2021``: every row once per seed, named ``"<row>, seed <s>"``, with
+    ``seed`` in its config (the weights, the batch order, dropout and the sampled validation
+    users; the SIDs keep ``sid_seed``). The report puts such runs side by side as mean and
+    spread (``report.seed_groups``)."""
+    if not seeds:
+        return rows
+    try:
+        values = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        values = []
+    if not values or len(set(values)) < len(values):
+        raise UserError(f"--seeds takes distinct integers separated by commas (e.g. "
+                        f"--seeds=2020,2021,2022), got {seeds!r}")
+    return {f"{name}, seed {s}": {**row, "config": {**(row.get("config") or {}), "seed": s}}
+            for name, row in rows.items() for s in values}
+
+
 def run_path(out: str, name: str) -> str:
     return os.path.join(out, RUNS, name.replace("/", "_").replace(" ", "_") + ".json")
 
@@ -327,7 +345,7 @@ def run_one(name: str, args, overrides: list[str]) -> None:
     from recbole_mdgr.throughput import matmul_peak, model_throughput
 
     started = {"commit": commit(), "date": time.strftime("%Y-%m-%d")}  # the code that runs
-    row = suite_rows(args.suite, name)[name]
+    row = with_seeds(suite_rows(args.suite, args.models), args.seeds)[name]
     model = row["model"]
     preset = preset_for(model, row.get("preset", args.preset))
     config_dict = run_config(preset, row.get("config"))
@@ -362,9 +380,10 @@ def side_by_side(args, overrides: list[str]) -> int:
     from recbole_mdgr.utils import get_model
 
     rows = suite_rows(args.suite, args.models)
-    order = list(rows)  # the report's row order: the suite's, whatever runs now
+    order = list(with_seeds(rows, args.seeds))  # the report's row order: the suite's
     if args.rows:
         rows = pick_rows(rows, args.rows)
+    rows = with_seeds(rows, args.seeds)
     for row in rows.values():  # unknown names and presets fail before anything runs
         get_model(row["model"])
         preset_for(row["model"], row.get("preset", args.preset))
@@ -387,7 +406,8 @@ def side_by_side(args, overrides: list[str]) -> int:
               flush=True)
         child = [sys.executable, "-m", "recbole_mdgr.benchmark", f"--one={name}",
                  f"--dataset={args.dataset}", f"--out={args.out}", f"--command={command}",
-                 f"--throughput_steps={args.throughput_steps}"]
+                 f"--throughput_steps={args.throughput_steps}", f"--models={args.models}"]
+        child += [f"--seeds={args.seeds}"] if args.seeds else []
         child += [f"--preset={args.preset}"] if args.preset else []
         child += [f"--suite={args.suite}"] if args.suite else []
         done = subprocess.run(child + overrides)
@@ -418,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rows from properties/suite/<name>.yaml instead of --models")
     parser.add_argument("--rows", default=None,
                         help='with --suite: only these rows, in this order ("name;name")')
+    parser.add_argument("--seeds", default=None,
+                        help="run every row once per seed (\"2020,2021\"); the report adds "
+                             "mean and spread over them")
     parser.add_argument("--throughput_steps", type=int, default=5,
                         help="training steps timed before each run (0: none)")
     parser.add_argument("--table", action="store_true",

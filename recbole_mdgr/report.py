@@ -173,6 +173,58 @@ def provenance(rows: list[dict]) -> str:
                      f"commit {r.get('commit', '?')}, {r.get('date', '?')}" for r in rows)
 
 
+SEED_SUFFIX = re.compile(r",? seed \d+$")
+SEED_METRICS = (("R@5", "recall@5"), ("R@10", "recall@10"), ("R@20", "recall@20"),
+                ("N@10", "ndcg@10"))
+
+
+def seed_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
+    """Runs of one setting that differ only in ``seed``: the same model, dataset, preset keys,
+    row config and overrides once ``seed`` is left out of them. ``[(name, runs)]`` for every
+    group of two or more, named after its first run without a trailing ``seed N``."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        config = {k: v for k, v in (row.get("config") or {}).items() if k != "seed"}
+        overrides = [o for o in row.get("overrides") or [] if not o.startswith("--seed=")]
+        key = json.dumps([row.get("base_model", row["model"]), row.get("dataset"),
+                          row.get("preset"), row.get("preset_config"), config, overrides],
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(row)
+    return [(SEED_SUFFIX.sub("", runs[0]["model"]), runs)
+            for runs in groups.values() if len(runs) > 1]
+
+
+def _seed_of(row: dict):
+    seed = (row.get("config") or {}).get("seed")
+    flags = [o.split("=", 1)[1] for o in row.get("overrides") or [] if o.startswith("--seed=")]
+    return seed if seed is not None else (flags[-1] if flags else "default")
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return "-"
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def seeds_markdown(groups: list[tuple[str, list[dict]]]) -> str:
+    """One line per group: each test metric as mean ± standard deviation (n - 1) over its
+    runs, R@10's range, and the seeds."""
+    head = ["setting", "runs", "seeds"] + [f"{n} mean ± sd" for n, _ in SEED_METRICS] + [
+        "R@10 min-max"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, runs in groups:
+        values = {key: [v for v in map(_metric(key), runs) if v is not None]
+                  for _, key in SEED_METRICS}
+        recall = values["recall@10"]
+        cells = ([name, str(len(runs)), ", ".join(str(_seed_of(r)) for r in runs)]
+                 + [_mean_sd(values[key]) for _, key in SEED_METRICS]
+                 + [f"{min(recall):.2f}-{max(recall):.2f}" if recall else "-"])
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_reports(folder: str, order: list[str] | None = None) -> list[str]:
     """Write ``results.json``, ``results.csv``, ``results.md`` and the plots; their paths."""
     rows = load_runs(folder, order)
@@ -187,6 +239,11 @@ def write_reports(folder: str, order: list[str] | None = None) -> list[str]:
         f.write(markdown(rows) + "\n\nMetrics in % (test split, best-validation checkpoint). "
                 + (MIXED_MACHINES_NOTE + " " if mixed_machines(rows) else "")
                 + "Runs:\n" + provenance(rows) + "\n")
+        groups = seed_groups(rows)
+        if groups:
+            f.write("\n## Over seeds\n\nRuns of one setting that differ only in `seed`: "
+                    "each test metric (%) as mean ± standard deviation (n - 1) over them.\n\n"
+                    + seeds_markdown(groups) + "\n")
     return (paths + plot_all(folder, rows) + write_variant_reports(folder)
             + write_retained_reports(folder, rows))
 

@@ -407,3 +407,68 @@ def test_rewriting_the_reports_keeps_the_tables_row_order_and_appends_new_rows(t
         assert [r["model"] for r in json.load(f)] == ["c", "b", "a", "d"]
     (tmp_path / "results.json").write_text("not json")  # a damaged report is rebuilt
     assert [r["model"] for r in load_runs(str(tmp_path), ["d"])] == ["d", "a", "b", "c"]
+
+
+def test_seeds_expand_every_row_and_the_report_gives_mean_and_spread_over_them():
+    from recbole_mdgr.benchmark import with_seeds
+    from recbole_mdgr.errors import UserError
+    from recbole_mdgr.report import seed_groups, seeds_markdown
+
+    rows = {"TIGER-cpu": {"model": "TIGER", "config": {"lr_schedule": "budget_linear"}},
+            "SASRec": {"model": "SASRec"}}
+    assert with_seeds(rows, None) is rows
+    seeded = with_seeds(rows, "2020, 2021")
+    assert list(seeded) == ["TIGER-cpu, seed 2020", "TIGER-cpu, seed 2021",
+                            "SASRec, seed 2020", "SASRec, seed 2021"]
+    assert seeded["TIGER-cpu, seed 2021"] == {
+        "model": "TIGER", "config": {"lr_schedule": "budget_linear", "seed": 2021}}
+    assert seeded["SASRec, seed 2020"]["config"] == {"seed": 2020}
+    for bad in ("2020,x", ",", "1,1"):
+        with pytest.raises(UserError, match="--seeds takes distinct integers"):
+            with_seeds(rows, bad)
+
+    def run(name, config, r5, r10, preset_config=None, overrides=()):
+        return {"model": name, "base_model": "TIGER", "dataset": "amazon-beauty",
+                "preset": "TIGER-cpu", "preset_config": preset_config or {"epochs": 300},
+                "config": config, "overrides": ["--data_path=x", *overrides],
+                "result": {"test_result": {"recall@5": r5, "recall@10": r10}}}
+
+    runs = [run("TIGER-cpu", {"lr_schedule": "budget_linear"}, 0.037, 0.061),
+            run("TIGER-cpu, seed 2021", {"lr_schedule": "budget_linear", "seed": 2021},
+                0.039, 0.063),
+            run("TIGER-cpu constant", {}, 0.030, 0.059),  # another setting
+            run("TIGER-cpu, other preset", {"lr_schedule": "budget_linear"}, 0.03, 0.05,
+                preset_config={"epochs": 10}),  # the preset's keys differ
+            run("TIGER-cpu, --seed", {}, 0.032, 0.061, overrides=["--seed=7"])]  # seed by flag
+    groups = seed_groups(runs)
+    assert [(name, [r["model"] for r in group]) for name, group in groups] == [
+        ("TIGER-cpu", ["TIGER-cpu", "TIGER-cpu, seed 2021"]),
+        ("TIGER-cpu constant", ["TIGER-cpu constant", "TIGER-cpu, --seed"])]
+    table = seeds_markdown(groups).splitlines()
+    assert table[0] == ("| setting | runs | seeds | R@5 mean ± sd | R@10 mean ± sd | "
+                        "R@20 mean ± sd | N@10 mean ± sd | R@10 min-max |")
+    # R@5 3.7 and 3.9: mean 3.80, sd 0.2 / sqrt(2) = 0.14; R@20 and N@10 not measured
+    assert table[2] == "| TIGER-cpu | 2 | default, 2021 | 3.80 ± 0.14 | 6.20 ± 0.14 | - | - | 6.10-6.30 |"
+    assert table[3].startswith("| TIGER-cpu constant | 2 | default, 7 | 3.10 ± 0.14 | 6.00 ± 0.14 |")
+
+
+def test_benchmark_with_seeds_runs_each_seed_and_reports_them_together(tmp_path):
+    import torch
+
+    write_tiny_dataset(tmp_path)
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "recbole_mdgr.benchmark", "--models=SASRec", "--seeds=1,2",
+           "--dataset=tiny", f"--data_path={tmp_path}", f"--out={out}", "--throughput_steps=0",
+           f"--checkpoint_dir={tmp_path / 'saved'}", *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    assert "[1/2] SASRec, seed 1 on tiny" in done.stdout
+    for seed in (1, 2):
+        row = json.loads((out / "runs" / f"SASRec,_seed_{seed}.json").read_text())
+        assert row["config"] == {"seed": seed}
+        saved = torch.load(row["result"]["saved_model_file"], weights_only=False)
+        assert saved["config"]["seed"] == seed  # the seed reached RecBole's run
+    md = (out / "results.md").read_text()
+    assert "## Over seeds" in md and "| SASRec | 2 | 1, 2 |" in md
