@@ -122,6 +122,7 @@ SUITE_FOLDERS = {
     "mdgr-order": "beauty-mdgr-order", "mdgr-noise": "beauty-mdgr-noise",
     "mdgr-codebook": "beauty-mdgr-codebook", "mdgr-encoder": "beauty-mdgr-encoder",
     "ml100k-cpu": "ml100k-cpu", "next-two": "ml100k-next-two", "text-encoder": "beauty-text-encoder",
+    "tiger-schedule": "beauty-tiger-seeds",
 }
 
 
