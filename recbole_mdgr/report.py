@@ -179,19 +179,22 @@ SEED_METRICS = (("R@5", "recall@5"), ("R@10", "recall@10"), ("R@20", "recall@20"
 
 
 def seed_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
-    """Runs of one setting that differ only in ``seed``: the same model, dataset, preset keys,
-    row config and overrides once ``seed`` is left out of them. ``[(name, runs)]`` for every
-    group of two or more, named after its first run without a trailing ``seed N``."""
+    """Runs of one setting that differ only in ``seed``: the same model, dataset, settings
+    (the preset's keys and the row config together, as the run used them: a row that pins
+    what its preset set later is the same setting) and overrides once ``seed`` is left out.
+    ``[(name, runs)]`` for every group of two or more whose seeds all differ (two runs with
+    one seed are a re-run, e.g. of changed code, not a spread over seeds), named after its
+    first run without a trailing ``seed N``."""
     groups: dict[str, list[dict]] = {}
     for row in rows:
-        config = {k: v for k, v in (row.get("config") or {}).items() if k != "seed"}
+        settings = {**(row.get("preset_config") or {}), **(row.get("config") or {})}
+        settings.pop("seed", None)
         overrides = [o for o in row.get("overrides") or [] if not o.startswith("--seed=")]
         key = json.dumps([row.get("base_model", row["model"]), row.get("dataset"),
-                          row.get("preset"), row.get("preset_config"), config, overrides],
-                         sort_keys=True, default=str)
+                          row.get("preset"), settings, overrides], sort_keys=True, default=str)
         groups.setdefault(key, []).append(row)
-    return [(SEED_SUFFIX.sub("", runs[0]["model"]), runs)
-            for runs in groups.values() if len(runs) > 1]
+    return [(SEED_SUFFIX.sub("", runs[0]["model"]), runs) for runs in groups.values()
+            if len(runs) > 1 and len({str(_seed_of(r)) for r in runs}) == len(runs)]
 
 
 def _seed_of(row: dict):

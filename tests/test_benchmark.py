@@ -440,7 +440,10 @@ def test_seeds_expand_every_row_and_the_report_gives_mean_and_spread_over_them()
             run("TIGER-cpu constant", {}, 0.030, 0.059),  # another setting
             run("TIGER-cpu, other preset", {"lr_schedule": "budget_linear"}, 0.03, 0.05,
                 preset_config={"epochs": 10}),  # the preset's keys differ
-            run("TIGER-cpu, --seed", {}, 0.032, 0.061, overrides=["--seed=7"])]  # seed by flag
+            run("TIGER-cpu, --seed", {}, 0.032, 0.061, overrides=["--seed=7"]),  # seed by flag
+            run("SASRec", {}, 0.05, 0.08), run("SASRec again", {}, 0.05, 0.08)]
+    for r in runs[-2:]:
+        r["base_model"] = "SASRec"  # one setting, one seed: a re-run, not a spread
     groups = seed_groups(runs)
     assert [(name, [r["model"] for r in group]) for name, group in groups] == [
         ("TIGER-cpu", ["TIGER-cpu", "TIGER-cpu, seed 2021"]),
