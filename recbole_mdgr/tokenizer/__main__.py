@@ -21,6 +21,7 @@ import numpy as np
 from recbole_mdgr.config import Config
 from recbole_mdgr.data import SIDSequentialDataset
 from recbole_mdgr.errors import UserError
+from recbole_mdgr.tokenizer.build import training_popularity
 from recbole_mdgr.tokenizer.embed import svd_accuracy, svd_rank, vector_source
 from recbole_mdgr.tokenizer.settings import SIDSettings
 from recbole_mdgr.tokenizer.sid_table import collision_groups
@@ -126,8 +127,7 @@ def print_collisions_by_popularity(dataset) -> None:
     table = dataset.sid_table
     levels = len(table.stats["utilisation"])  # the positions before the dedup token
     codes = table.codes[1:, :levels].cpu().numpy()
-    pairs = np.asarray(dataset.sid_train_pairs, dtype=np.int64)  # distinct (user, item)
-    degree = np.bincount(pairs[:, 1], minlength=table.n_items)[1:]
+    degree = training_popularity(dataset)
     print(f"code collisions by popularity (items ranked by training interactions; "
           f"crowded: a code shared by {CROWD} or more items)")
     print(f"{'items':>22} {'interactions':>14} {'own code':>9} {'crowded':>8} {'largest':>8}")
