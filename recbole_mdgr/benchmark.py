@@ -80,10 +80,34 @@ def parse_variants(text: str) -> list[dict]:
     """``"a=1,b=x;a=2"`` -> ``[{"a": 1, "b": "x"}, {"a": 2}]`` (values parsed as yaml)."""
     import yaml
 
-    return [
-        {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in part.split(","))}
-        for part in text.split(";") if part.strip()
-    ]
+    variants = []
+    for part in (p for p in text.split(";") if p.strip()):
+        variant = {}
+        for pair in part.split(","):
+            key, sep, value = pair.partition("=")
+            if not sep or not key.strip():
+                raise UserError(f"--variants: {pair.strip()!r} is not key=value (variants are "
+                                '"key=v,key=v;key=v", e.g. "tiger_decode=beam;tiger_decode=exact")')
+            variant[key.strip()] = yaml.safe_load(value)
+        variants.append(variant)
+    if not variants:
+        raise UserError('--checkpoint needs --variants="key=v,key=v;key=v" (one variant per '
+                        '";"), e.g. --variants="exclude_history=False;exclude_history=True"')
+    return variants
+
+
+def current_keys(model: str, dataset: str) -> set:
+    """The keys the plugin's yaml files define today for ``model`` on ``dataset`` (a
+    checkpoint saved before a key existed does not hold it, yet the key applies)."""
+    import yaml
+
+    from recbole_mdgr.config import plugin_yaml_files
+
+    keys = set()
+    for file in plugin_yaml_files(model, dataset):
+        with open(file) as f:
+            keys |= set(yaml.safe_load(f) or {})
+    return keys
 
 
 def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") -> list[dict]:
@@ -94,11 +118,18 @@ def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") 
     from time import perf_counter
 
     from recbole_mdgr.quick_start import load_data_and_model
-    from recbole_mdgr.utils import get_model, get_trainer
+    from recbole_mdgr.utils import get_model, get_trainer, is_generative
 
     if split not in ("test", "valid"):
         raise UserError(f"--split must be test or valid, got {split!r}")
     config, trained, _, train_data, valid_data, test_data = load_data_and_model(checkpoint)
+    known = set(config.final_config_dict) | current_keys(config["model"], config["dataset"])
+    unknown = sorted({key for variant in variants for key in variant} - known)
+    if unknown:
+        raise UserError(f"--variants: {', '.join(unknown)} is no config key of "
+                        f"{config['model']} ({checkpoint}); check the spelling against "
+                        "properties/overall.yaml and the model's yaml")
+    model_class = get_model(config["model"])
     data = test_data if split == "test" else valid_data
     code, day = commit(), time.strftime("%Y-%m-%d")  # the code that runs, taken at the start
     state = trained.state_dict()
@@ -107,7 +138,9 @@ def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") 
     for variant in variants:  # each from the checkpoint's own config, not the previous one's
         for key, value in {**saved, **variant}.items():
             config[key] = value
-        model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+        if is_generative(model_class):
+            model_class.check_config(config)
+        model = model_class(config, train_data._dataset).to(config["device"])
         model.load_state_dict(state)
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
         start = perf_counter()

@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--rows", type=int, default=5000)
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print("| items | pattern | index build s | query ms (5,000 rows) | index MB |")
+    print(f"| items | pattern | index build s | query ms ({args.rows:,} rows) | index MB |")
     print("|---|---|---|---|---|")
     for n in (int(x) for x in args.items.split(",")):
         rng = np.random.default_rng(0)
@@ -51,9 +51,7 @@ def main(argv=None) -> None:
                 table.allowed_at(rows, fixed, j)
                 times.append(perf_counter() - start)
             pattern = sum(1 << p for p in fixed_at)
-            grp = table._groups[pattern]
-            size = sum(t.numel() * t.element_size() for t in
-                       [grp.keys, grp.starts, grp.sizes, grp.order, *grp.bits.values()])
+            size = table._groups[pattern].nbytes()
             print(f"| {n:,} | {name} | {build:.2f} | {1000 * statistics.median(times):.1f} "
                   f"| {size / 2**20:.1f} |")
 

@@ -1,6 +1,8 @@
-"""The two things the plugin does across processes of a distributed run (RecBole's mode).
+"""What the plugin does across the processes of a distributed run (RecBole's mode).
 
-Both are no-ops in a single process, so every code path calls them unconditionally.
+``rank0_first``, ``sum_over_processes`` and ``shared_from_rank0`` are no-ops in a single
+process, so every code path calls them unconditionally; ``init_cpu_process_group`` and
+``CPUDistributedMixin`` set up and train a run on CPUs with gloo (RecBole assumes CUDA).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ turns what RecBole would crash on (or silently misread) into such errors.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from contextlib import contextmanager
@@ -53,6 +54,18 @@ def check_positive_int(key: str, value, none: str | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         also = f" or ~ ({none})" if none is not None else ""
         raise UserError(f"{key} must be a positive integer{also}, got {value!r}")
+
+
+def check_number(key: str, value, low: float = -math.inf, high: float = math.inf,
+                 low_open: bool = False) -> float:
+    """``value`` of config key ``key`` as a float if it is a number in ``[low, high]``
+    (``(low, high]`` with ``low_open``); otherwise a UserError naming the key and the range
+    (``~``, a string, a bool or NaN included)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not (number and (low < value if low_open else low <= value) and value <= high):
+        bounds = f"{'(' if low_open else '['}{low}, {high}]".replace("inf", "infinity")
+        raise UserError(f"{key} must be a number in {bounds}, got {value!r}")
+    return float(value)
 
 
 def known_download(dataset: str) -> bool:

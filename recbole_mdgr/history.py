@@ -11,6 +11,7 @@ the top-K, as the plugin's generative models drop those items inside their beam 
 from __future__ import annotations
 
 from recbole_mdgr.errors import check_bool
+from recbole_mdgr.model.decoding import ban_scored_items
 
 
 class HistoryExclusionMixin:
@@ -21,6 +22,5 @@ class HistoryExclusionMixin:
         seq_field = getattr(self.model, "ITEM_SEQ", None)
         if seq_field is not None and check_bool("exclude_history",
                                                 self.config["exclude_history"]):
-            history = interaction[seq_field].to(scores.device)
-            scores.scatter_(1, history, float("-inf"))  # padding is item 0, already -inf
+            ban_scored_items(scores, interaction[seq_field])  # padding: item 0, already -inf
         return interaction, scores, positive_u, positive_i

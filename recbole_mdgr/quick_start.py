@@ -32,7 +32,7 @@ from recbole_mdgr.trainer import check_topk_metrics
 from recbole_mdgr.utils import get_model, get_trainer, is_generative
 
 
-def _build(config):
+def build_run(config):
     """Dataset, splits, model and trainer for ``config`` (RecBole's order and seeds)."""
     logger = getLogger()
     check_atomic_files(config)
@@ -72,6 +72,28 @@ def _log_flops(model, dataset, config, logger) -> None:
     logger.info(set_color("FLOPs", "blue") + f": {flops}")
 
 
+def checked_config(model, dataset, config_file_list, config_dict) -> Config:
+    """The run's Config, its files, model and keys checked before any data is read."""
+    check_versions()
+    quiet_recbole_warnings()
+    check_config_files(config_file_list)
+    config = Config(
+        model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
+    )
+    model_class = get_model(config["model"])
+    if is_generative(model_class):
+        check_topk_metrics(config["metrics"])
+        model_class.check_config(config)
+    else:
+        for key, inert in (("next_k", (None, 1)), ("train_drop_ratio", (None, 0, 0.0))):
+            if config[key] not in inert:
+                raise UserError(
+                    f"{key}={config[key]} is supported by the SID models (TIGER, MADRec, "
+                    f"MDGR), not by {config['model']}; remove {key} or choose one of those "
+                    "models")
+    return config
+
+
 SID_SUMMARY = ("source", "quantizer", "collision_rate", "max_collision_group")
 
 
@@ -87,27 +109,14 @@ def run_recbole_mdgr(
         ``test_decode`` (NFE per user, decode ms per user, invalid-SID share), and
         ``saved_model_file`` when the best model was saved.
     """
-    check_versions()
-    quiet_recbole_warnings()
-    check_config_files(config_file_list)
-    config = Config(
-        model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
-    )
-    model_class = get_model(config["model"])
-    if is_generative(model_class):  # before any data is read
-        check_topk_metrics(config["metrics"])
-        model_class.check_config(config)
-    elif (config["next_k"] or 1) != 1:
-        raise UserError(f"next_k={config['next_k']} (sessions of several next items) is "
-                        f"supported by the SID models (TIGER, MADRec, MDGR), not by "
-                        f"{config['model']}; remove next_k or choose one of those models")
+    config = checked_config(model, dataset, config_file_list, config_dict)
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
     logger.info(sys.argv)
     logger.info(config)
 
-    dataset, train_data, valid_data, test_data, model, trainer = _build(config)
+    dataset, train_data, valid_data, test_data, model, trainer = build_run(config)
     logger.info(model)
     _log_flops(model, dataset, config, logger)
 
@@ -165,24 +174,38 @@ def run_recbole_mdgrs(rank, *args):
     """Entry point of each process of a distributed run (``torch.multiprocessing.spawn``)."""
     kwargs = args[-1]
     kwargs["config_dict"] = {**(kwargs.get("config_dict") or {}), "local_rank": rank}
-    run_recbole_mdgr(*args[:3], **kwargs)
+    try:
+        run_recbole_mdgr(*args[:3], **kwargs)
+    except UserError as err:  # the message, not a traceback relayed through the parent
+        print(f"error (process {rank}): {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 def run(model, dataset, config_file_list=None, config_dict=None, saved=True, nproc=1,
         world_size=-1, ip="localhost", port="5678", group_offset=0):
     """Single- or multi-process run, as ``recbole.quick_start.run`` (gloo on CPU)."""
+    if nproc < 1:
+        raise UserError(f"--nproc={nproc}: a run needs at least one process")
     if nproc == 1 and world_size <= 0:
         return run_recbole_mdgr(model, dataset, config_file_list, config_dict, saved)
     import torch.multiprocessing as mp
 
+    # Bad files, models and keys are reported here once, before any process starts.
+    check_atomic_files(checked_config(model, dataset, config_file_list, config_dict))
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})
     config_dict.update({"world_size": nproc if world_size == -1 else world_size, "ip": ip,
                         "port": port, "nproc": nproc, "offset": group_offset})
-    mp.spawn(run_recbole_mdgrs,
-             args=(model, dataset, config_file_list, {"config_dict": config_dict,
-                                                      "queue": queue}),
-             nprocs=nproc, join=True)
+    try:
+        mp.spawn(run_recbole_mdgrs,
+                 args=(model, dataset, config_file_list, {"config_dict": config_dict,
+                                                          "queue": queue}),
+                 nprocs=nproc, join=True)
+    except mp.ProcessExitedException as err:
+        if err.exit_code != 2:
+            raise
+        raise UserError(f"process {err.error_index} of the run stopped on the error it "
+                        "printed above") from None
     return None if queue.empty() else queue.get()
 
 
@@ -195,7 +218,7 @@ def objective_function(config_dict=None, config_file_list=None, saved=True) -> d
         logger.removeHandler(handler)
     init_logger(config)
     logging.basicConfig(level=logging.ERROR)
-    _, train_data, valid_data, test_data, _, trainer = _build(config)
+    _, train_data, valid_data, test_data, _, trainer = build_run(config)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, verbose=False, saved=saved
     )

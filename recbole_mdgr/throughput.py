@@ -82,16 +82,11 @@ def model_throughput(model_name: str, dataset: str, config_dict: dict | None = N
     """Training and inference figures of ``model_name`` on ``dataset`` (real batches)."""
     from recbole.utils import init_seed
 
-    from recbole_mdgr.config import Config
-    from recbole_mdgr.data import create_dataset, data_preparation
-    from recbole_mdgr.utils import get_model, get_trainer
+    from recbole_mdgr.quick_start import build_run, checked_config
 
-    config = Config(model=model_name, dataset=dataset, config_dict=config_dict)
+    config = checked_config(model_name, dataset, None, config_dict)  # the run's checks
     init_seed(config["seed"], config["reproducibility"])
-    data = create_dataset(config)
-    train_data, _, test_data = data_preparation(config, data)
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    _, train_data, _, test_data, model, trainer = build_run(config)
     optimizer = trainer.optimizer
     timed = timed_batches(list(itertools.islice(iter(train_data), steps)), steps)
     model.train()

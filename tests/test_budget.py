@@ -38,11 +38,11 @@ def test_without_budget_training_runs_to_its_epochs(tiny):
 
 def test_early_stopping_is_reported_as_such(tiny):
     from recbole_mdgr.config import Config
-    from recbole_mdgr.quick_start import _build
+    from recbole_mdgr.quick_start import build_run
 
     tmp, cfg = tiny
     config = Config("SASRec", "tiny", config_dict={**cfg, "epochs": 10, "stopping_step": 1})
-    _, train_data, valid_data, _, _, trainer = _build(config)
+    _, train_data, valid_data, _, _, trainer = build_run(config)
     scores = [0.3, 0.5, 0.4, 0.2, 0.9]  # best at epoch 1, then two worse: stop after epoch 3
     trainer._valid_epoch = lambda *args, **kwargs: (scores.pop(0), {"ndcg@10": 0.0})
     trainer.fit(train_data, valid_data, saved=False)
@@ -63,11 +63,11 @@ def test_a_nan_loss_stops_fit_naming_epoch_and_step_and_keeps_the_checkpoint(tin
 
     from recbole_mdgr.budget import TrainingDiverged
     from recbole_mdgr.config import Config
-    from recbole_mdgr.quick_start import _build
+    from recbole_mdgr.quick_start import build_run
 
     tmp, cfg = tiny
     config = Config("SASRec", "tiny", config_dict={**cfg, "epochs": 3, "train_batch_size": 16})
-    _, train_data, valid_data, _, model, trainer = _build(config)
+    _, train_data, valid_data, _, model, trainer = build_run(config)
     loss_of = model.calculate_loss
     calls = []
 
@@ -138,13 +138,13 @@ def budget_linear_trainer(tiny, **extra):
     """A SASRec trainer on the tiny dataset with ``lr_schedule: budget_linear``, its data,
     ``n`` (steps per epoch) and the list that records the learning rate of every step."""
     from recbole_mdgr.config import Config
-    from recbole_mdgr.quick_start import _build
+    from recbole_mdgr.quick_start import build_run
 
     tmp, cfg = tiny
     config = Config("SASRec", "tiny", config_dict={
         **cfg, "epochs": 10, "learning_rate": 0.01, "lr_schedule": "budget_linear",
         "train_time_budget": 1, **extra})
-    _, train_data, valid_data, _, _, trainer = _build(config)
+    _, train_data, valid_data, _, _, trainer = build_run(config)
     rates = []
     step = trainer.optimizer.step
     trainer.optimizer.step = lambda *a, **k: (rates.append(trainer.optimizer.param_groups[0]["lr"]),
@@ -247,12 +247,12 @@ def test_a_validation_that_ends_both_ways_is_reported_as_early_stopping(tiny):
     """Validation 1 is both the first past the budget and the one that exhausts patience:
     the model converged, so the summary says early_stopping."""
     from recbole_mdgr.config import Config
-    from recbole_mdgr.quick_start import _build
+    from recbole_mdgr.quick_start import build_run
 
     tmp, cfg = tiny
     config = Config("SASRec", "tiny", config_dict={**cfg, "epochs": 10, "stopping_step": 0,
                                                    "train_time_budget": 60})
-    _, train_data, valid_data, _, _, trainer = _build(config)
+    _, train_data, valid_data, _, _, trainer = build_run(config)
     scores, passed = [0.5, 0.4, 0.9], [False, True, True]
     trainer._valid_epoch = lambda *args, **kwargs: (scores.pop(0), {"ndcg@10": 0.0})
     trainer._budget_passed = lambda minutes, budget: passed.pop(0)

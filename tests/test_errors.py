@@ -1,5 +1,6 @@
 """Bad input -> a clear error naming the file, field or key; no traceback from the runner."""
 
+import math
 import os
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recbole_mdgr.errors import UserError, check_atomic_file, check_positive_int
+from recbole_mdgr.errors import UserError, check_atomic_file, check_number, check_positive_int
 
 from conftest import write_tiny_dataset
 
@@ -159,3 +160,92 @@ def test_check_positive_int_accepts_integers_and_a_documented_none():
     check_positive_int("valid_users", None, none="every user")
     with pytest.raises(UserError, match=r"or ~ \(every user\), got 0"):
         check_positive_int("valid_users", 0, none="every user")
+
+
+@pytest.mark.parametrize("value, low, high, low_open, ok", [
+    (0.5, 0.0, 1.0, False, True), (0.0, 0.0, 1.0, False, True), (0.0, 0.0, 1.0, True, False),
+    (1.0, 0.0, 1.0, True, True), (1.5, 0.0, 1.0, False, False), (3, 0.0, math.inf, True, True),
+    (None, 0.0, 1.0, False, False), ("0.5", 0.0, 1.0, False, False),
+    (True, 0.0, 1.0, False, False), (math.nan, 0.0, 1.0, False, False),
+])
+def test_check_number_accepts_only_numbers_in_range(value, low, high, low_open, ok):
+    if ok:
+        assert check_number("k", value, low, high, low_open=low_open) == float(value)
+    else:
+        with pytest.raises(UserError, match=r"^k must be a number in [\[(]"):
+            check_number("k", value, low, high, low_open=low_open)
+
+
+@pytest.mark.parametrize("model, key, value, message", [
+    ("MDGR", "mdgr_gamma", None, r"mdgr_gamma must be a number in \(0.0, infinity\], got None"),
+    ("MDGR", "mdgr_history_mix", "half", r"mdgr_history_mix must be a number in \[0.0, 1.0\]"),
+    ("MADRec", "madrec_min_t", None, r"madrec_min_t must be a number in \(0.0, 1.0\]"),
+    ("TIGER", "tiger_exact_rows", 0, r"tiger_exact_rows must be a positive integer, got 0"),
+])
+def test_model_keys_of_the_wrong_type_are_refused_by_name(tmp_path, model, key, value, message):
+    from recbole_mdgr.quick_start import checked_config
+
+    write_tiny_dataset(tmp_path)
+    with pytest.raises(UserError, match=message):
+        checked_config(model, "tiny", None, {"data_path": str(tmp_path), key: value})
+
+
+def test_data_keys_of_the_sid_models_are_refused_for_recboles_models(tmp_path):
+    from recbole_mdgr.quick_start import checked_config
+
+    write_tiny_dataset(tmp_path)
+    folder = str(tmp_path)
+    for key, value in (("train_drop_ratio", 0.5), ("next_k", 2)):
+        with pytest.raises(UserError, match=rf"{key}={value} is supported by the SID models"):
+            checked_config("SASRec", "tiny", None, {"data_path": folder, key: value})
+    checked_config("SASRec", "tiny", None, {"data_path": folder, "train_drop_ratio": 0.0})
+
+
+def test_distributed_runs_check_their_input_before_any_process_starts(tmp_path, monkeypatch):
+    import torch.multiprocessing as mp
+
+    from recbole_mdgr.quick_start import run
+
+    monkeypatch.setattr(mp, "spawn", lambda *a, **k: pytest.fail("spawned on bad input"))
+    with pytest.raises(UserError, match=r"--nproc=0: a run needs at least one process"):
+        run("SASRec", "ml-100k", nproc=0)
+    with pytest.raises(UserError, match=r"NoSuchModel"):
+        run("NoSuchModel", "ml-100k", nproc=2)
+    with pytest.raises(UserError, match=r"dataset folder .*mine not found"):
+        run("SASRec", "mine", config_dict={"data_path": str(tmp_path)}, nproc=2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("tiger_decode", r"'tiger_decode' is not key=value"),
+    ("beam_size=30,=4", r"'=4' is not key=value"),
+    ("", r"--checkpoint needs --variants="),
+    (" ; ", r"--checkpoint needs --variants="),
+])
+def test_bad_variants_are_refused_by_name(text, message):
+    from recbole_mdgr.benchmark import parse_variants
+
+    with pytest.raises(UserError, match=message):
+        parse_variants(text)
+
+
+def test_tokenizer_cli_checks_its_input_like_the_runner(tmp_path, monkeypatch):
+    from recbole_mdgr.tokenizer.__main__ import main
+
+    write_tiny_dataset(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    base = ["--dataset", "tiny", "--data_path", str(tmp_path), "--no_cache"]
+    with pytest.raises(UserError, match=r"config file nope.yaml not found"):
+        main(base + ["--config_files", "nope.yaml"])
+    (tmp_path / "typo.yaml").write_text("sid_vector_source: interaction\n")
+    with pytest.raises(UserError, match=r"sid_vector_source must be one of .* got 'interaction'"):
+        main(base + ["--config_files", "typo.yaml"])  # not quietly the default
+    with pytest.raises(UserError, match=r"dataset folder .*other not found"):
+        main(["--dataset", "other", "--data_path", str(tmp_path)])
+
+
+def test_embedding_ids_without_their_file_are_refused(tmp_path):
+    from recbole_mdgr.tokenizer.settings import SIDSettings
+
+    with pytest.raises(UserError, match=r"sid_embedding_ids ids.txt names the items of the rows "
+                                        r"of sid_embedding_file, and that is not set"):
+        SIDSettings(embedding_ids="ids.txt").check()

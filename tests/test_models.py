@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.quick_start import load_data_and_model, run_recbole_mdgr
 from recbole_mdgr.utils import get_trainer
 
@@ -105,6 +106,11 @@ def test_tiger_beams_as_wide_as_the_catalogue_give_exact_scorings_metrics(tiny):
     # each variant starts from the checkpoint's config: beam_size=64 does not carry over
     assert beam["result"]["test_decode"]["beam_size"] == 64
     assert exact["result"]["test_decode"]["beam_size"] == TINY["TIGER"]["beam_size"]
+    # a misspelt key or a bad value is refused by name, before any row is scored
+    with pytest.raises(UserError, match=r"--variants: tiger_decod is no config key of TIGER"):
+        decode_variants(str(tmp / "saved" / saved), [{"tiger_decod": "exact"}])
+    with pytest.raises(UserError, match=r"tiger_decode must be one of"):
+        decode_variants(str(tmp / "saved" / saved), [{"tiger_decode": "greedy"}])
 
 
 def test_generate_never_sees_the_answer(tiny):

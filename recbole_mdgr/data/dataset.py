@@ -101,7 +101,8 @@ class SIDSequentialDataset(SequentialDataset):
       (:func:`sample_validation_users`).
     - Every batch ``dataset[index]`` carries ``<field>_sid`` for the item fields it has:
       ``item_id_list_sid`` ``[B, L, m]`` and ``item_id_sid`` ``[B, m]`` (padding = -1).
-      This is the one place where batches get their SIDs.
+      This is where batches get their SIDs (a model that extends a history at decode
+      time, ``GenerativeRecommender.extend_history``, looks up the new items' SIDs itself).
     """
 
     def __init__(self, config):

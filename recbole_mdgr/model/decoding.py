@@ -28,7 +28,9 @@ decodes one item's ``m`` slots or the ``k * m`` slots of the next ``k`` items jo
 Both drivers take ``banned`` SIDs (``exclude_history``: the user's own history): a candidate
 after which an item can only become a banned one is ``-inf`` before the beams are pruned,
 so the ``width`` kept all end in allowed items (:func:`completes_banned`).
-:func:`drop_items` does the same for a ranked item list (dense retrieval, exact scoring).
+:func:`drop_items` does the same for a ranked item list (dense retrieval), and
+:func:`ban_scored_items` for a score over every item (TIGER's exact scoring, RecBole's own
+models through :mod:`recbole_mdgr.history`).
 """
 
 from __future__ import annotations
@@ -193,6 +195,12 @@ def completes_banned(sid_table: SIDTable, own: torch.Tensor, slot: torch.Tensor,
     only_banned = still.sum(1) >= reachable
     out[n[only_banned], token[only_banned]] = True
     return out
+
+
+def ban_scored_items(scores: torch.Tensor, banned: torch.Tensor) -> torch.Tensor:
+    """``scores`` ``[B, n_items]`` (column = item id) with the ``banned`` ``[B, L]`` items set
+    to ``-inf`` in place; item 0 (padding in ``banned``) is never a real item."""
+    return scores.scatter_(1, banned.to(scores.device), NEG_INF)
 
 
 def drop_items(items: torch.Tensor, scores: torch.Tensor, banned: torch.Tensor, k: int

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mdgr.errors import UserError, check_choice, check_positive_int
+from recbole_mdgr.errors import UserError, check_choice, check_number, check_positive_int
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     UNMASK_ORDERS,
@@ -93,12 +93,10 @@ class MADRec(GenerativeRecommender):
     def check_config(cls, config) -> None:
         super().check_config(config)
         check_choice("madrec_order", config["madrec_order"], UNMASK_ORDERS)
-        if not 0.0 < config["madrec_min_t"] <= 1.0:
-            raise UserError(f"madrec_min_t must be in (0, 1], got {config['madrec_min_t']}")
+        check_number("madrec_min_t", config["madrec_min_t"], 0.0, 1.0, low_open=True)
         check_choice("madrec_t_sampling", config["madrec_t_sampling"], T_SAMPLINGS, "uniform")
-        if not 0.0 <= config["madrec_last_item_mask_prob"] <= 1.0:
-            raise UserError("madrec_last_item_mask_prob must be in [0, 1], got "
-                            f"{config['madrec_last_item_mask_prob']}")
+        check_number("madrec_last_item_mask_prob", config["madrec_last_item_mask_prob"],
+                     0.0, 1.0)
         if config["madrec_last_item_suffix"] and not config["madrec_last_item_mask_prob"]:
             raise UserError("madrec_last_item_suffix: True shapes the masks of the sequences "
                             "that madrec_last_item_mask_prob picks, and that is 0: set "

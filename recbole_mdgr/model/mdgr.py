@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mdgr.errors import UserError, check_choice
+from recbole_mdgr.errors import UserError, check_choice, check_number
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import UNMASK_ORDERS, finish_beams, masked_beam_search
 from recbole_mdgr.model.layers import Dropout, KVCache, encode_by_length, length_buckets
@@ -132,17 +132,15 @@ class MDGR(GenerativeRecommender):
             raise UserError(f"mdgr_parallel={config['mdgr_parallel']} is more than the "
                             f"{slots} SID slots (sid_levels)")
         for key in ("mdgr_gamma", "mdgr_curriculum_width", "mdgr_curriculum_epochs"):
-            if not config[key] > 0:  # NaN fails too
-                raise UserError(f"{key} must be > 0, got {config[key]}")
+            check_number(key, config[key], 0.0, low_open=True)
         shares = {key: config[key] for key in ("mdgr_full_mask_floor", "mdgr_history_mix")}
         shares["mdgr_suffix_mask_prob"] = config["mdgr_suffix_mask_prob"] or 0.0  # ~ = 0
         for key, value in shares.items():
-            if not 0.0 <= value <= 1.0:
-                raise UserError(f"{key} must be in [0, 1], got {value}")
-        uniform = config["mdgr_uniform_floor"] or 0.0
-        if not (0.0 <= uniform and uniform + config["mdgr_full_mask_floor"] <= 1.0):
-            raise UserError("mdgr_uniform_floor must be >= 0 and, with mdgr_full_mask_floor, "
-                            f"at most 1; got {uniform} and {config['mdgr_full_mask_floor']}")
+            check_number(key, value, 0.0, 1.0)
+        uniform = check_number("mdgr_uniform_floor", config["mdgr_uniform_floor"] or 0.0, 0.0)
+        if uniform + config["mdgr_full_mask_floor"] > 1.0:
+            raise UserError("mdgr_uniform_floor plus mdgr_full_mask_floor must be at most 1; "
+                            f"got {uniform} and {config['mdgr_full_mask_floor']}")
         check_choice("mdgr_order", config["mdgr_order"], UNMASK_ORDERS, "greedy")
         check_choice("mdgr_difficulty_input", config["mdgr_difficulty_input"], DIFFICULTY_INPUTS,
                      "curriculum")

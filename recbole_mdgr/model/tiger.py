@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mdgr.errors import check_choice
+from recbole_mdgr.errors import check_choice, check_positive_int
 from recbole_mdgr.model.base import GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     NEG_INF,
+    ban_scored_items,
     finish_beams,
     left_to_right_beam_search,
     top_k_items,
@@ -49,6 +50,7 @@ class TIGER(GenerativeRecommender):
     def check_config(cls, config) -> None:
         super().check_config(config)
         check_choice("tiger_decode", config["tiger_decode"], DECODE_MODES)
+        check_positive_int("tiger_exact_rows", config["tiger_exact_rows"])
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -169,7 +171,7 @@ class TIGER(GenerativeRecommender):
         if self.decode_mode == "exact":
             scores = self.score_all_items(interaction)
             if self.exclude_history:
-                scores.scatter_(1, interaction[self.ITEM_SEQ], NEG_INF)
+                ban_scored_items(scores, interaction[self.ITEM_SEQ])
             items = torch.arange(self.n_items, device=scores.device).expand_as(scores)
             items, scores = top_k_items(items, scores, k)
             # its real cost: one teacher-forced decoder pass per candidate SID, for each user

@@ -297,6 +297,9 @@ def _file_source(dataset, path: str, ids_path: str | None) -> VectorSource:
         raise UserError(f"sid_embedding_file {path} must hold a 2-D array, got {rows.shape}")
     digest_parts: list[bytes | str] = [open(path, "rb").read()]
     if ids_path:
+        if not os.path.isfile(ids_path):
+            raise UserError(f"sid_embedding_ids {ids_path} not found: it lists the item token "
+                            f"of each row of {path}, one per line")
         with open(ids_path, encoding="utf-8") as f:
             tokens = [line.strip() for line in f if line.strip()]
         digest_parts.append("\n".join(tokens))
@@ -305,10 +308,10 @@ def _file_source(dataset, path: str, ids_path: str | None) -> VectorSource:
         tokens = list(dataset.field2id_token[dataset.iid_field][1 : dataset.item_num])
         where = path
     if len(tokens) != len(rows):
-        raise UserError(
-            f"{where} has {len(rows)} rows for {len(tokens)} item ids; without "
-            "sid_embedding_ids the rows must follow the dataset's item tokens (internal ids 1..)"
-        )
+        rule = ("sid_embedding_ids must list one item token per row" if ids_path else
+                "without sid_embedding_ids the rows must follow the dataset's item tokens "
+                "(internal ids 1..)")
+        raise UserError(f"{where} has {len(rows)} rows for {len(tokens)} item ids; {rule}")
     vectors = _align(dataset, tokens, rows, where)
     return VectorSource(f"file:{path}", _sha(*digest_parts), 0, lambda: vectors)
 

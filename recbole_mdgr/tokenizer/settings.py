@@ -105,6 +105,10 @@ class SIDSettings:
         check_dedup_order(self.dedup_order)
         check_text_encoder(self.text_encoder)
         check_choice("sid_svd_solver", self.svd_solver, tuple(SVD_SOLVERS), "randomized")
+        if self.embedding_ids and not self.embedding_file:
+            raise UserError(f"sid_embedding_ids {self.embedding_ids} names the items of the "
+                            "rows of sid_embedding_file, and that is not set: set it too, or "
+                            "remove sid_embedding_ids")
 
     def as_key(self) -> dict:
         """The settings that determine the codes (``cache`` does not), for hashing. The

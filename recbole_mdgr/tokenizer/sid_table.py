@@ -6,7 +6,9 @@ position, so a model that maps code ``c`` to embedding row ``c + 1`` gets row 0 
 
 Every SID lookup in the project goes through :meth:`SIDTable.lookup`; every "which item is
 this SID" through :meth:`SIDTable.items_of`; every constrained-decoding query through
-:meth:`SIDTable.allowed_tokens`. All three are vectorised and work on any device.
+:meth:`SIDTable.allowed_at` (the tokens one slot may take given the slots fixed so far;
+:meth:`SIDTable.allowed_tokens` gives every slot's at once) and
+:meth:`SIDTable.count_matching`. All are vectorised and work on any device.
 """
 
 from __future__ import annotations
