@@ -117,8 +117,8 @@ def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") 
     figures)."""
     from time import perf_counter
 
-    from recbole_mdgr.quick_start import load_data_and_model
-    from recbole_mdgr.utils import get_model, get_trainer, is_generative
+    from recbole_mdgr.quick_start import check_model_keys, load_data_and_model
+    from recbole_mdgr.utils import get_model, get_trainer
 
     if split not in ("test", "valid"):
         raise UserError(f"--split must be test or valid, got {split!r}")
@@ -138,8 +138,7 @@ def decode_variants(checkpoint: str, variants: list[dict], split: str = "test") 
     for variant in variants:  # each from the checkpoint's own config, not the previous one's
         for key, value in {**saved, **variant}.items():
             config[key] = value
-        if is_generative(model_class):
-            model_class.check_config(config)
+        check_model_keys(config)  # what the runner refuses, a variant cannot set either
         model = model_class(config, train_data._dataset).to(config["device"])
         model.load_state_dict(state)
         trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)

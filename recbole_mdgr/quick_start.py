@@ -80,18 +80,24 @@ def checked_config(model, dataset, config_file_list, config_dict) -> Config:
     config = Config(
         model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict
     )
+    check_model_keys(config)
+    return config
+
+
+def check_model_keys(config) -> None:
+    """Refuse, by key, what ``config``'s model cannot run with: a SID model's own checks and
+    its metrics; for RecBole's models, the keys only the SID models read."""
     model_class = get_model(config["model"])
     if is_generative(model_class):
         check_topk_metrics(config["metrics"])
         model_class.check_config(config)
-    else:
-        for key, inert in (("next_k", (None, 1)), ("train_drop_ratio", (None, 0, 0.0))):
-            if config[key] not in inert:
-                raise UserError(
-                    f"{key}={config[key]} is supported by the SID models (TIGER, MADRec, "
-                    f"MDGR), not by {config['model']}; remove {key} or choose one of those "
-                    "models")
-    return config
+        return
+    for key, inert in (("next_k", (None, 1)), ("train_drop_ratio", (None, 0, 0.0))):
+        if config[key] not in inert:
+            raise UserError(
+                f"{key}={config[key]} is supported by the SID models (TIGER, MADRec, "
+                f"MDGR), not by {config['model']}; remove {key} or choose one of those "
+                "models")
 
 
 SID_SUMMARY = ("source", "quantizer", "collision_rate", "max_collision_group")

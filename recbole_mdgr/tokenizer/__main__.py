@@ -18,9 +18,9 @@ import logging
 
 import numpy as np
 
-from recbole_mdgr.config import Config
 from recbole_mdgr.data import SIDSequentialDataset
-from recbole_mdgr.errors import UserError, check_atomic_files, check_config_files
+from recbole_mdgr.errors import UserError, check_atomic_files
+from recbole_mdgr.quick_start import checked_config
 from recbole_mdgr.tokenizer.build import training_popularity
 from recbole_mdgr.tokenizer.embed import svd_accuracy, svd_rank, vector_source
 from recbole_mdgr.tokenizer.settings import SIDSettings
@@ -60,14 +60,9 @@ def main(argv: list[str] | None = None) -> None:
             else args.codebook_size[0] if len(args.codebook_size) == 1 else args.codebook_size
         ),
     }
-    config_files = args.config_files.split() if args.config_files else None
-    check_config_files(config_files)
-    config = Config(
-        model="SASRec",
-        dataset=args.dataset,
-        config_file_list=config_files,
-        config_dict={k: v for k, v in options.items() if v is not None},
-    )
+    config = checked_config(  # the runner's checks of config files and keys
+        "SASRec", args.dataset, args.config_files.split() if args.config_files else None,
+        {k: v for k, v in options.items() if v is not None})
     SIDSettings.from_config(config).check()  # a mistyped key is refused, not defaulted
     check_atomic_files(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
