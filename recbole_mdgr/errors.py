@@ -56,6 +56,15 @@ def check_positive_int(key: str, value, none: str | None = None) -> None:
         raise UserError(f"{key} must be a positive integer{also}, got {value!r}")
 
 
+def check_int(key: str, value, low: int = 0) -> int:
+    """``value`` of config key ``key`` if it is an integer >= ``low`` (a bool is not);
+    otherwise a UserError naming the key (``int()`` would truncate 2.5 and raise a bare
+    ValueError on a string)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise UserError(f"{key} must be an integer >= {low}, got {value!r}")
+    return value
+
+
 def check_number(key: str, value, low: float = -math.inf, high: float = math.inf,
                  low_open: bool = False) -> float:
     """``value`` of config key ``key`` as a float if it is a number in ``[low, high]``

@@ -9,6 +9,7 @@ trial.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from logging import getLogger
 from time import perf_counter
@@ -17,7 +18,7 @@ import numpy as np
 import torch.distributed as dist
 
 from recbole.data.transform import construct_transform
-from recbole.utils import get_environment, get_flops, init_logger, init_seed, set_color
+from recbole.utils import ModelType, get_environment, get_flops, init_logger, init_seed, set_color
 
 from recbole_mdgr.compat import (
     check_versions,
@@ -98,6 +99,9 @@ def check_model_keys(config) -> None:
                 f"{key}={config[key]} is supported by the SID models (TIGER, MADRec, "
                 f"MDGR), not by {config['model']}; remove {key} or choose one of those "
                 "models")
+    if config["valid_users"] is not None and config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
+        raise UserError(f"valid_users is for sequential models; {config['model']} is "
+                        f"{config['MODEL_TYPE'].name.lower()}: remove valid_users")
 
 
 SID_SUMMARY = ("source", "quantizer", "collision_rate", "max_collision_group")
@@ -197,7 +201,12 @@ def run(model, dataset, config_file_list=None, config_dict=None, saved=True, npr
     import torch.multiprocessing as mp
 
     # Bad files, models and keys are reported here once, before any process starts.
-    check_atomic_files(checked_config(model, dataset, config_file_list, config_dict))
+    config = checked_config(model, dataset, config_file_list, config_dict)
+    check_atomic_files(config)
+    # RecBole creates its log and checkpoint folders check-then-create (``ensure_dir``):
+    # processes started together raced on them, and one died with FileExistsError
+    for folder in (os.path.join("log", config["model"]), config["checkpoint_dir"]):
+        os.makedirs(folder, exist_ok=True)
     queue = mp.get_context("spawn").SimpleQueue()
     config_dict = dict(config_dict or {})
     config_dict.update({"world_size": nproc if world_size == -1 else world_size, "ip": ip,

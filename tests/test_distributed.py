@@ -8,7 +8,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from recbole_mdgr.distributed import rank0_first, shared_from_rank0
+from recbole_mdgr.errors import UserError
 from recbole_mdgr.model.base import DecodeStats
+
+from conftest import tiny_config, write_tiny_dataset
 
 
 def _worker(rank, folder):
@@ -69,4 +72,24 @@ def test_the_runner_on_two_gloo_processes_matches_one_process(tiny, model):
     for key, value in one["test_result"].items():
         assert abs(two["test_result"][key] - value) <= 1.01e-4, key
     if model == "TIGER":  # decode stats summed over both processes: every user counted once
+        assert two["test_decode"]["users"] == one["test_decode"]["users"] == 30
         assert two["test_decode"]["nfe_per_user"] == one["test_decode"]["nfe_per_user"]
+
+
+def test_an_error_inside_the_processes_is_their_message_not_a_traceback(tmp_path, monkeypatch,
+                                                                         capfd):
+    """Users with one interaction each pass the parent's checks (the files exist and parse)
+    and are refused in each spawned process by ``build_run``: every process prints the
+    message and exits 2, and the parent turns that into one ``UserError``, with no
+    ``ProcessRaisedException`` traceback relayed from a child."""
+    from recbole_mdgr.quick_start import run
+
+    monkeypatch.chdir(tmp_path)
+    write_tiny_dataset(tmp_path, name="short", lengths=[1] * 30)
+    with pytest.raises(UserError, match=r"process [01] of the run stopped on the error it "
+                                        r"printed above"):
+        run("SASRec", "short", config_dict=tiny_config(tmp_path), nproc=2, port=_free_port())
+    err = capfd.readouterr().err
+    assert "dataset short gives no training samples" in err
+    assert "error (process " in err
+    assert "Traceback" not in err

@@ -4,6 +4,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,78 @@ def test_embedding_ids_without_their_file_are_refused(tmp_path):
     with pytest.raises(UserError, match=r"sid_embedding_ids ids.txt names the items of the rows "
                                         r"of sid_embedding_file, and that is not set"):
         SIDSettings(embedding_ids="ids.txt").check()
+
+
+def _missing(config: dict) -> defaultdict:
+    """A config whose missing keys read as ``~``, as RecBole's Config does."""
+    return defaultdict(lambda: None, config)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"sid_codebook_size": "big"}, r"sid_codebook_size must be an integer >= 2, got 'big'"),
+    ({"sid_codebook_size": [256, 1]}, r"sid_codebook_size must be an integer >= 2, got 1"),
+    ({"sid_codebook_size": []}, r"sid_codebook_size must give at least one level"),
+    ({"sid_levels": 2.5}, r"sid_levels must be an integer >= 1, got 2.5"),
+    ({"sid_kmeans_iters": 0}, r"sid_kmeans_iters must be an integer >= 1, got 0"),
+    ({"sid_threads": True}, r"sid_threads must be an integer >= 1, got True"),
+    ({"sid_rqvae_hidden": [256, "wide"]}, r"sid_rqvae_hidden must be an integer >= 1"),
+    ({"sid_rqvae_lr": 0}, r"sid_rqvae_lr must be a number in \(0, infinity\]"),
+    ({"sid_rq_normalize": "False"}, r"sid_rq_normalize must be True or False, got 'False'"),
+])
+def test_sid_settings_of_the_wrong_type_are_refused_by_key(config, message):
+    """Each ``sid_*`` number is read by key: a string, a fraction or a bool where an integer
+    belongs is refused (``int()`` would truncate 2.5, or raise a bare ValueError), and a
+    quoted "False" does not read as True."""
+    from recbole_mdgr.tokenizer.settings import SIDSettings
+
+    with pytest.raises(UserError, match=message):
+        SIDSettings.from_config(_missing(config))
+    assert SIDSettings.from_config(_missing({"sid_codebook_size": [8, 8]})).levels == 2
+
+
+def test_keys_refused_when_the_config_is_read_not_after_the_data(tmp_path):
+    from recbole_mdgr.quick_start import checked_config
+
+    write_tiny_dataset(tmp_path)
+    folder = str(tmp_path)
+    with pytest.raises(UserError, match=r"train_drop_ratio must be in \[0, 1\), got 1.0"):
+        checked_config("TIGER", "tiny", None, {"data_path": folder, "train_drop_ratio": 1.0})
+    with pytest.raises(UserError, match=r"train_drop_seed must be an integer >= 0, got 'x'"):
+        checked_config("TIGER", "tiny", None, {"data_path": folder, "train_drop_ratio": 0.5,
+                                               "train_drop_seed": "x"})
+    with pytest.raises(UserError, match=r"hidden_act must be one of \('gelu', 'relu'\), got "
+                                        r"'swish'"):
+        checked_config("MDGR", "tiny", None, {"data_path": folder, "hidden_act": "swish"})
+
+
+def test_interactions_without_a_configured_column_are_named(tmp_path):
+    from recbole_mdgr.errors import check_atomic_files
+
+    folder = tmp_path / "shop"
+    folder.mkdir()
+    (folder / "shop.inter").write_text("user_id:token\titem_id:token\n1\t2\n")
+    config = _missing({"dataset": "shop", "data_path": str(folder), "USER_ID_FIELD": "user_id",
+                       "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp"})
+    with pytest.raises(UserError, match=r"shop.inter has no column 'timestamp' \(TIME_FIELD\); "
+                                        r"its columns are user_id, item_id: rename the column "
+                                        r"or set TIME_FIELD"):
+        check_atomic_files(config)
+    config["benchmark_filename"] = ["train", "test"]  # RecBole's pre-split files
+    with pytest.raises(UserError, match=r"shop.train.inter not found"):
+        check_atomic_files(config)
+
+
+def test_benchmark_and_probe_inputs_are_refused_by_name(tmp_path, monkeypatch):
+    import recbole_mdgr.config
+    from recbole_mdgr.benchmark import decode_variants, suite_rows
+    from recbole_mdgr.mask_probe import probe
+
+    for call in (lambda: decode_variants("x.pth", [{}], split="train"),
+                 lambda: probe("x.pth", split="train")):
+        with pytest.raises(UserError, match=r"--split must be test or valid, got 'train'"):
+            call()
+    (tmp_path / "suite").mkdir()
+    (tmp_path / "suite" / "mine.yaml").write_text("rows:\n  a row:\n    config: {epochs: 1}\n")
+    monkeypatch.setattr(recbole_mdgr.config, "properties_dir", lambda: str(tmp_path))
+    with pytest.raises(UserError, match=r"mine.yaml: row 'a row' needs a `model`"):
+        suite_rows("mine", "")

@@ -175,9 +175,14 @@ def test_greedy_commits_the_largest_margin_slot():
     slots = choose_slots(probs.log(), masked, 2, "greedy")
     assert slots.tolist() == [[2, 3]]
     assert choose_slots(probs.log(), masked, 2, "left_to_right").tolist() == [[0, 2]]
-    gen = torch.Generator().manual_seed(0)
-    random = choose_slots(probs.log(), masked, 3, "random", gen)
-    assert sorted(random[0].tolist()) == [0, 2, 3]
+    def random(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return tuple(choose_slots(probs.log(), masked, 2, "random", gen)[0].tolist())
+
+    picks = {random(seed) for seed in range(20)}
+    assert all(random(seed) == random(seed) for seed in range(3))  # the seed fixes them
+    assert {slot for pick in picks for slot in pick} == {0, 2, 3}  # every masked slot, only
+    assert len(picks) > 2  # and not one fixed pair
 
 
 class SlotModel:
@@ -242,6 +247,23 @@ def test_two_slots_in_one_step_equal_joint_enumeration(width):
         joint = {(x, y): float(logp[0, x] + logp[1, y])
                  for x, y in itertools.product(range(4), range(4))}
         best = sorted(joint, key=joint.get, reverse=True)[:width]
+        assert [tuple(s) for s in sids[b].tolist()] == best
+        torch.testing.assert_close(scores[b], torch.tensor([joint[s] for s in best]))
+
+
+def test_two_constrained_slots_in_one_step_at_full_width_rank_every_real_sid_jointly():
+    """With the valid-SID constraint only 6 of the 16 pairs are items: one call committing
+    both slots returns exactly those 6, ranked by their joint (summed) log-probability."""
+    real = [(0, 1), (0, 3), (1, 0), (2, 2), (3, 1), (3, 3)]
+    table = build_table(np.array(real), [4, 4], "none")
+    B = 2
+    model = SlotModel(table.vocab_sizes, B, seed=7)
+    sids, scores = masked_beam_search(model, table, B, width=len(real), schedule=[2])
+    assert model.calls == 1
+    for b in range(B):
+        logp = model.log_probs(b, [-1, -1])
+        joint = {sid: float(logp[0, sid[0]] + logp[1, sid[1]]) for sid in real}
+        best = sorted(joint, key=joint.get, reverse=True)
         assert [tuple(s) for s in sids[b].tolist()] == best
         torch.testing.assert_close(scores[b], torch.tensor([joint[s] for s in best]))
 
@@ -669,6 +691,32 @@ def test_dense_model_learns_and_unknown_retrieval_modes_are_refused():
     with pytest.raises(UserError, match=r"madrec_dense_layer must be in 1..n_layers \(2\)"):
         MADRec.check_config(ConfigView(make_config(madrec_dense=True, madrec_dense_layer=3,
                                                    madrec_dense_beta=0.2)))
+
+
+DENSE = {"madrec_dense": True, "madrec_dense_layer": 2, "madrec_dense_beta": 0.2,
+         "madrec_dense_rank": 4, "madrec_dense_hidden": 8, "madrec_dense_weight": 1.0}
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"madrec_attention": "sliding"}, r"madrec_attention must be one of"),
+    ({**DENSE, "madrec_dense_beta": 1.5}, r"madrec_dense_beta must be a number in \[0.0, 1.0\]"),
+    ({**DENSE, "madrec_dense_beta": "half"}, r"madrec_dense_beta must be a number"),
+    ({**DENSE, "madrec_dense_weight": -1.0}, r"madrec_dense_weight must be a number in \[0.0,"),
+    ({**DENSE, "madrec_dense_layer": 0}, r"madrec_dense_layer must be a positive integer"),
+    ({**DENSE, "madrec_dense_rank": 0}, r"madrec_dense_rank must be a positive integer"),
+    ({**DENSE, "madrec_retrieval": "dense", "next_k": 2},
+     r"madrec_retrieval: dense predicts one item; with next_k = 2"),
+    ({**TF, "compile": True}, r"compile: True would change nothing here"),
+    ({"compile": "yes"}, r"compile must be True or False, got 'yes'"),
+    ({"hidden_act": "swish"}, r"hidden_act must be one of \('gelu', 'relu'\)"),
+])
+def test_madrec_knobs_are_refused_by_name(overrides, named):
+    from recbole_mdgr.errors import UserError
+    from recbole_mdgr.model.base import ConfigView
+
+    MADRec.check_config(ConfigView(make_config(**DENSE)))  # the dense knobs, all valid
+    with pytest.raises(UserError, match=named):
+        MADRec.check_config(ConfigView(make_config(**overrides)))
 
 
 @pytest.mark.parametrize("history_input", ["tokens", "items"])

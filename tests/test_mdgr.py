@@ -130,6 +130,33 @@ def test_progress_is_counted_in_training_steps_and_saved():
     assert int(model.train_steps) == 16
 
 
+def test_training_masks_more_slots_as_its_curriculum_advances(monkeypatch):
+    """calculate_loss itself follows the curriculum: at the first step it masks few slots of
+    8, past the curriculum's last step (4 epochs of 8 steps) nearly all of them."""
+    table = parallel_table(L=8)
+    model = make_model(table).train()
+    batch = make_batch(table, B=64)
+    sample, counts = model.sample_mask, []
+
+    def spy(*args, **kwargs):
+        mask = sample(*args, **kwargs)
+        counts.append(float(mask.sum(1).float().mean()))
+        return mask
+
+    monkeypatch.setattr(model, "sample_mask", spy)
+    torch.manual_seed(0)
+    for _ in range(4):
+        model.train_steps.zero_()
+        model.calculate_loss(batch)
+    for _ in range(4):
+        model.train_steps.fill_(32)
+        model.calculate_loss(batch)
+    early, late = np.mean(counts[:4]), np.mean(counts[4:])
+    assert early < 3.0 and late > 6.5, (early, late)
+    off = make_model(table, mdgr_curriculum=False).train()  # the ablation: always delta 1
+    assert off.difficulty(off.progress()) == 1.0
+
+
 def test_rare_in_history_slots_are_masked_more_often():
     table = parallel_table(L=4)
     model = make_model(table)
@@ -184,18 +211,21 @@ def test_nfe_follows_the_formula(L, warm, par, nfe):
     assert nfe == min(warm, L) + -(-(L - min(warm, L)) // par)
 
 
-def test_generate_encodes_once_and_counts_nfe():
+@pytest.mark.parametrize("buckets", [1, 2])
+def test_generate_encodes_once_and_counts_nfe(buckets):
+    """Each user's history goes through the encoder once per ``generate`` call, in one
+    pass or split over the length buckets (encoder rows summing to the B users)."""
     table = parallel_table(L=6)
-    model = make_model(table, mdgr_warmup_steps=2, mdgr_parallel=3)
-    calls = {"encoder": 0, "decoder": 0}
-    model.encoder.register_forward_hook(lambda *a: calls.__setitem__("encoder",
-                                                                     calls["encoder"] + 1))
+    model = make_model(table, mdgr_warmup_steps=2, mdgr_parallel=3, encoder_buckets=buckets)
+    rows, calls = [], {"decoder": 0}
+    model.encoder.register_forward_hook(lambda module, args, out: rows.append(len(args[0])))
     model.decoder.register_forward_hook(lambda *a: calls.__setitem__("decoder",
                                                                      calls["decoder"] + 1))
     batch = make_batch(table, B=5)
-    model.encoder_buckets = 1
+    assert len(set(batch["item_length"].tolist())) > 1  # two buckets have users to split
     items, scores = model.generate(batch, k=10)
-    assert calls == {"encoder": 1, "decoder": 4}  # NFE = 2 + ceil(4 / 3)
+    assert sum(rows) == 5 and len(rows) == (1 if buckets == 1 else 2)
+    assert calls == {"decoder": 4}  # NFE = 2 + ceil(4 / 3)
     assert model.decode_stats.summary()["nfe_per_user"] == 4
     assert (items > 0).all() and model.decode_stats.invalid == 0
     assert all(len(set(r.tolist())) == 10 for r in items)
@@ -236,6 +266,39 @@ def test_mdgr_order_picks_which_slots_each_step_commits(order):
     assert lowest_first == (order == "left_to_right")
 
 
+@pytest.mark.parametrize("warm, par", [(5, 1), (2, 2), (0, 3)])
+def test_greedy_beams_commit_their_largest_margin_slots_at_every_step(warm, par):
+    """At every decoder call of ``generate``, each beam's newly committed slots are the
+    masked slots with the largest top-1 minus top-2 probability in its parent's output (the
+    parent: the previous call's row of the same user holding the same committed tokens)."""
+    table = parallel_table(L=5)
+    model = make_model(table, mdgr_warmup_steps=warm, mdgr_parallel=par, mdgr_order="greedy")
+    calls, original, B = [], model.decode, 3
+
+    def spy(partial, *args, **kwargs):
+        out = original(partial, *args, **kwargs)
+        calls.append((partial.clone(), out.float().log_softmax(-1)))
+        return out
+
+    model.decode = spy
+    model.generate(make_batch(table, B=B), k=5)
+    checked = 0
+    for (prev, log_probs), (cur, _) in zip(calls, calls[1:]):
+        W_prev, W_cur = len(prev) // B, len(cur) // B
+        for r in range(len(cur)):
+            rows = range(r // W_cur * W_prev, (r // W_cur + 1) * W_prev)
+            parents = [p for p in rows if ((prev[p] < 0) | (prev[p] == cur[r])).all()
+                       and (cur[r] >= 0).sum() > (prev[p] >= 0).sum()]
+            assert parents, "every beam extends a beam of the previous call"
+            p = parents[0]
+            new = ((cur[r] >= 0) & (prev[p] < 0)).nonzero().flatten().tolist()
+            top = log_probs[p].topk(2, dim=-1).values.exp()
+            margin = (top[:, 0] - top[:, 1]).masked_fill(prev[p] >= 0, -1.0)
+            assert sorted(new) == sorted(margin.topk(len(new)).indices.tolist())
+            checked += 1
+    assert checked >= 2 * B * (len(calls) - 1)
+
+
 def test_mdgr_random_order_follows_the_seed():
     table = parallel_table(L=5)
     batch = make_batch(table, B=3)
@@ -257,6 +320,12 @@ def test_invalid_knobs_are_refused():
         make_model(table, mdgr_suffix_mask_prob=1.5)
     with pytest.raises(ValueError, match="mdgr_order"):
         make_model(table, mdgr_order="right_to_left")
+    with pytest.raises(ValueError, match=r"mdgr_uniform_floor must be a number in \[0.0, "):
+        make_model(table, mdgr_uniform_floor=-0.1)
+    with pytest.raises(ValueError, match="mdgr_uniform_floor plus mdgr_full_mask_floor must be "
+                                         "at most 1; got 0.95 and 0.1"):
+        make_model(table, mdgr_uniform_floor=0.95)
+    make_model(table, mdgr_uniform_floor=0.9)  # 0.9 + 0.1: the whole mass, allowed
 
 
 MEMORIES = [{}, {"mdgr_token_memory": True}, {"mdgr_history_input": "tokens"}]

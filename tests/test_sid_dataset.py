@@ -208,14 +208,17 @@ def test_valid_users_applies_to_the_leave_k_out_split(tiny):
     ("TIGER", 0, "positive integer"), ("SASRec", "many", "positive integer"),
     ("Pop", 10, "sequential models")])
 def test_valid_users_bad_values_are_refused_by_name(tiny, model, value, words):
+    """Refused before training: a non-sequential model when the config is read, a bad count
+    when the data is built."""
     from recbole_mdgr.data import create_dataset
     from recbole_mdgr.errors import UserError
+    from recbole_mdgr.quick_start import checked_config
 
     tmp_path, cfg = tiny
-    config = Config(model, "tiny", config_dict={**cfg, "valid_users": value,
-                                                "sid_quantizer": "rq_kmeans", "sid_levels": 2,
-                                                "sid_codebook_size": 4})
     with pytest.raises(UserError, match=f"valid_users.*{words}|{words}.*valid_users"):
+        config = checked_config(model, "tiny", None, {
+            **cfg, "valid_users": value, "sid_quantizer": "rq_kmeans", "sid_levels": 2,
+            "sid_codebook_size": 4})
         create_dataset(config).build()
 
 

@@ -302,7 +302,7 @@ def test_unloaded_text_fields_raise_naming_them(tmp_path):
     with pytest.raises(ValueError, match=r"\['title', 'categories'\].*load_col"):
         item_texts(dataset, ["title", "categories"])
     dataset.item_feat = None
-    with pytest.raises(ValueError, match="sid_text_fields"):
+    with pytest.raises(ValueError, match="no item features loaded"):
         build_sid_table(sid_config(tmp_path), dataset)
 
 

@@ -4,7 +4,6 @@ from urllib.error import URLError
 
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
-from recbole.utils import ModelType
 
 from recbole_mdgr.data.dataset import (
     SID_SUFFIX,
@@ -41,10 +40,7 @@ def _create_dataset(config):
         if config["save_dataset"]:
             dataset.save()
         return dataset
-    if config["valid_users"] is not None:
-        if config["MODEL_TYPE"] != ModelType.SEQUENTIAL:
-            raise UserError(f"valid_users is for sequential models; {config['model']} is "
-                            f"{config['MODEL_TYPE'].name.lower()}: remove valid_users")
+    if config["valid_users"] is not None:  # sequential models only (check_model_keys)
         return ValidSampledSequentialDataset(config)
     return recbole_create_dataset(config)
 

@@ -10,7 +10,7 @@ from recbole.data.interaction import Interaction, cat_interactions
 from recbole.utils import set_color
 
 from recbole_mdgr.distributed import rank0_first
-from recbole_mdgr.errors import UserError, check_choice, check_positive_int
+from recbole_mdgr.errors import UserError, check_choice, check_int, check_positive_int
 
 SID_SUFFIX = "_sid"
 TRAIN_SAMPLE_MODES = ("prefix", "sequence", "windows")
@@ -65,6 +65,17 @@ class ValidSampledSequentialDataset(SequentialDataset):
 def check_sample_mode(mode: str | None) -> str:
     """``train_sample_mode`` (``~`` = prefix), refused by name when unknown."""
     return check_choice("train_sample_mode", mode, TRAIN_SAMPLE_MODES, "prefix")
+
+
+def check_train_drop(ratio, seed) -> float:
+    """``train_drop_ratio`` (``~`` = 0) as a float in [0, 1), and ``train_drop_seed`` an
+    integer >= 0 (``~`` = 0); refused by name otherwise."""
+    ratio = 0.0 if ratio is None else ratio
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+        raise UserError(f"train_drop_ratio must be in [0, 1), got {ratio!r}")
+    if seed is not None:
+        check_int("train_drop_seed", seed, 0)
+    return float(ratio)
 
 
 class SIDSequentialDataset(SequentialDataset):
@@ -177,14 +188,12 @@ class SIDSequentialDataset(SequentialDataset):
         return item_vectors(self.config, self)
 
     def data_augmentation(self):
-        ratio = self.config["train_drop_ratio"] or 0.0
+        ratio = check_train_drop(self.config["train_drop_ratio"], self.config["train_drop_seed"])
         if ratio:
-            self._drop_training_items(float(ratio), int(self.config["train_drop_seed"] or 0))
+            self._drop_training_items(ratio, self.config["train_drop_seed"] or 0)
         super().data_augmentation()
 
     def _drop_training_items(self, ratio: float, seed: int) -> None:
-        if not 0.0 <= ratio < 1.0:
-            raise UserError(f"train_drop_ratio must be in [0, 1), got {ratio}")
         feat = self.inter_feat
         uid = feat[self.uid_field]
         rank = self._rank_from_latest(self)

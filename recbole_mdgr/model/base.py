@@ -17,10 +17,10 @@ from torch import nn
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.utils import InputType
 
-from recbole_mdgr.data.dataset import SID_SUFFIX, check_sample_mode
+from recbole_mdgr.data.dataset import SID_SUFFIX, check_sample_mode, check_train_drop
 from recbole_mdgr.distributed import sum_over_processes
-from recbole_mdgr.errors import UserError, check_bool, check_positive_int
-from recbole_mdgr.model.layers import Transformer
+from recbole_mdgr.errors import UserError, check_bool, check_choice, check_positive_int
+from recbole_mdgr.model.layers import ACTIVATIONS, Transformer
 from recbole_mdgr.tokenizer.settings import SIDSettings
 from recbole_mdgr.tokenizer.sid_table import SIDTable
 
@@ -38,6 +38,9 @@ def check_stack_config(config) -> None:
         value = config[key]
         if value is not None and not (isinstance(value, (int, float)) and 0 <= value < 1):
             raise UserError(f"{key} must be a rate in [0, 1), got {value!r}")
+    if config["hidden_act"] is not None:
+        check_choice("hidden_act", config["hidden_act"], tuple(sorted(ACTIVATIONS)))
+    check_bool("compile", config["compile"])
     topk = config["topk"]
     topk = max(topk) if isinstance(topk, (list, tuple)) else topk
     check_positive_int("next_k", config["next_k"], none="1, the next item")
@@ -89,6 +92,7 @@ class DecodeStats:
     def summary(self) -> dict:
         users = max(self.users, 1)
         return {
+            "users": self.users,
             "nfe_per_user": self.nfe / users,
             "decode_ms_per_user": 1000.0 * self.seconds / users,
             "invalid_sid_share": self.invalid / max(self.generated, 1),
@@ -115,6 +119,7 @@ class GenerativeRecommender(SequentialRecommender):
         check_bool("exclude_history", config["exclude_history"])
         SIDSettings.from_config(config).check()
         check_sample_mode(config["train_sample_mode"])
+        check_train_drop(config["train_drop_ratio"], config["train_drop_seed"])
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -135,7 +140,7 @@ class GenerativeRecommender(SequentialRecommender):
         self.POS_ITEM_SID = self.POS_ITEM_ID + SID_SUFFIX
         self.topk = max(config["topk"]) if isinstance(config["topk"], list) else config["topk"]
         self.decode_stats = DecodeStats()
-        self.compile = bool(config["compile"]) if "compile" in config else False
+        self.compile = check_bool("compile", ConfigView(config)["compile"])
         # compiled twins of submodules (same parameters), kept out of the module tree so the
         # state dict and checkpoints are the eager model's
         self.__dict__["_compiled"] = {}

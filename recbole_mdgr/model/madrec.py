@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recbole_mdgr.errors import UserError, check_choice, check_number, check_positive_int
+from recbole_mdgr.errors import (
+    UserError, check_bool, check_choice, check_number, check_positive_int,
+)
 from recbole_mdgr.model.base import ConfigView, GenerativeRecommender
 from recbole_mdgr.model.decoding import (
     UNMASK_ORDERS,
@@ -116,6 +118,11 @@ class MADRec(GenerativeRecommender):
                                 "to right over a history encoded once; it needs "
                                 "madrec_attention: cached, madrec_order: left_to_right and "
                                 "next_k: 1, got " + ", ".join(wrong))
+            if check_bool("compile", config["compile"]):
+                raise UserError("compile: True would change nothing here: "
+                                "madrec_teacher_forcing trains through the cached decoding "
+                                "step, whose key/value cache runs eager; set compile: False "
+                                "(torch.compile applies to madrec_teacher_forcing: False)")
         history_input = check_choice("madrec_history_input", config["madrec_history_input"],
                                      HISTORY_INPUTS, "tokens")
         if history_input == "items" and not config["madrec_teacher_forcing"]:
@@ -132,17 +139,14 @@ class MADRec(GenerativeRecommender):
             raise UserError(f"madrec_retrieval: {retrieval} needs a model trained with "
                             "madrec_dense: True")
         if config["madrec_dense"]:
-            if not 0.0 <= config["madrec_dense_beta"] <= 1.0:
-                raise UserError("madrec_dense_beta must be in [0, 1], got "
-                                f"{config['madrec_dense_beta']}")
-            if not 1 <= config["madrec_dense_layer"] <= config["n_layers"]:
+            check_number("madrec_dense_beta", config["madrec_dense_beta"], 0.0, 1.0)
+            check_positive_int("madrec_dense_layer", config["madrec_dense_layer"])
+            if not config["madrec_dense_layer"] <= config["n_layers"]:
                 raise UserError(f"madrec_dense_layer must be in 1..n_layers "
                                 f"({config['n_layers']}), got {config['madrec_dense_layer']}")
             for key in ("madrec_dense_rank", "madrec_dense_hidden"):
                 check_positive_int(key, config[key])
-            if not config["madrec_dense_weight"] >= 0.0:
-                raise UserError("madrec_dense_weight must be >= 0, got "
-                                f"{config['madrec_dense_weight']}")
+            check_number("madrec_dense_weight", config["madrec_dense_weight"], 0.0)
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from recbole_mdgr.errors import UserError, check_choice
+from recbole_mdgr.errors import UserError, check_bool, check_choice, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -54,43 +54,54 @@ class SIDSettings:
         size = get("sid_codebook_size", 256)
         if isinstance(size, (list, tuple)):
             # a list gives one size per level and so fixes the number of levels
-            sizes = tuple(int(s) for s in size)
+            sizes = tuple(check_int("sid_codebook_size", s, 2) for s in size)
         else:
-            sizes = (int(size),) * int(get("sid_levels", d.levels))
-        if not sizes or min(sizes) < 2:
-            raise UserError(f"sid_codebook_size must be at least 2 codewords per level, got "
-                            f"{size!r}")
+            sizes = (check_int("sid_codebook_size", size, 2),) \
+                * check_int("sid_levels", get("sid_levels", d.levels), 1)
+        if not sizes:
+            raise UserError("sid_codebook_size must give at least one level, got []")
         hidden = get("sid_rqvae_hidden", d.rqvae_hidden)
-        hidden = (int(hidden),) if isinstance(hidden, int) else tuple(int(h) for h in hidden)
+        hidden = tuple(check_int("sid_rqvae_hidden", h, 1)
+                       for h in ((hidden,) if isinstance(hidden, int) else hidden))
         fields = get("sid_text_fields", ())
         fields = (fields,) if isinstance(fields, str) else tuple(fields)
+
+        def integer(key, default, low):
+            return check_int(key, get(key, default), low)
+
+        def number(key, default, low, low_open=False):
+            return check_number(key, get(key, default), low, low_open=low_open)
+
+        def flag(key, default):
+            return check_bool(key, get(key, default))
+
         return cls(
             quantizer=str(get("sid_quantizer", d.quantizer)),
             levels=len(sizes),
             codebook_sizes=sizes,
             dedup=str(get("sid_dedup", d.dedup)),
             dedup_order=str(get("sid_dedup_order", d.dedup_order)),
-            kmeans_iters=int(get("sid_kmeans_iters", d.kmeans_iters)),
-            threads=int(get("sid_threads", d.threads)),
-            seed=int(get("sid_seed", d.seed)),  # not `seed`: a seed sweep keeps its SIDs
-            rq_normalize=bool(get("sid_rq_normalize", d.rq_normalize)),
-            opq_whiten=bool(get("sid_opq_whiten", d.opq_whiten)),
-            opq_iters=int(get("sid_opq_iters", d.opq_iters)),
-            rqvae_epochs=int(get("sid_rqvae_epochs", d.rqvae_epochs)),
-            rqvae_lr=float(get("sid_rqvae_lr", d.rqvae_lr)),
+            kmeans_iters=integer("sid_kmeans_iters", d.kmeans_iters, 1),
+            threads=integer("sid_threads", d.threads, 1),
+            seed=integer("sid_seed", d.seed, 0),  # not `seed`: a seed sweep keeps its SIDs
+            rq_normalize=flag("sid_rq_normalize", d.rq_normalize),
+            opq_whiten=flag("sid_opq_whiten", d.opq_whiten),
+            opq_iters=integer("sid_opq_iters", d.opq_iters, 0),
+            rqvae_epochs=integer("sid_rqvae_epochs", d.rqvae_epochs, 1),
+            rqvae_lr=number("sid_rqvae_lr", d.rqvae_lr, 0, low_open=True),
             rqvae_hidden=hidden,
-            rqvae_latent=int(get("sid_rqvae_latent", d.rqvae_latent)),
-            rqvae_batch_size=int(get("sid_rqvae_batch_size", d.rqvae_batch_size)),
-            rqvae_beta=float(get("sid_rqvae_beta", d.rqvae_beta)),
+            rqvae_latent=integer("sid_rqvae_latent", d.rqvae_latent, 1),
+            rqvae_batch_size=integer("sid_rqvae_batch_size", d.rqvae_batch_size, 1),
+            rqvae_beta=number("sid_rqvae_beta", d.rqvae_beta, 0),
             vector_source=str(get("sid_vector_source", d.vector_source)),
             text_fields=fields,
             text_encoder=str(get("sid_text_encoder", d.text_encoder)),
-            embedding_dim=int(get("sid_embedding_dim", d.embedding_dim)),
+            embedding_dim=integer("sid_embedding_dim", d.embedding_dim, 1),
             svd_solver=str(get("sid_svd_solver", d.svd_solver)),
             embedding_file=config["sid_embedding_file"],
             embedding_ids=config["sid_embedding_ids"],
             embedding_field=config["sid_embedding_field"],
-            cache=bool(get("sid_cache", d.cache)),
+            cache=flag("sid_cache", d.cache),
         )
 
     def check(self) -> None:
